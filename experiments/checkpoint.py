@@ -1,0 +1,37 @@
+"""Orbax checkpoints of the train state: periodic, atomic, keep-last-N, resumable."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  """A workdir's checkpoints. Orbax writes each one to a temporary folder and renames it
+  when complete, so a killed run never leaves a half-written checkpoint behind."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, like: Any, step: int | None = None) -> Any:
+    """Restores into the structure, shapes and shardings of `like` (arrays or abstract)."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,177 @@
+"""Every hyperparameter of a run, as one validated dataclass, and the absl flags that set it.
+
+The `Config` fields are the single source of truth: `define_flags()` turns each field into
+an absl flag of the same name, and every model's hyperparameters (its dataclass fields in
+`nets`) into flags named `--MODEL.FIELD` (e.g. `--cnn.features=32,32`). `from_flags()`
+builds and validates a `Config`; programs that do not use absl build `Config(...)` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from absl import flags
+
+import nets
+from experiments import optim
+
+
+class ConfigError(ValueError):
+  """Bad input, found before any compute: an unknown name, a value out of range..."""
+
+
+def _field(default: Any, help: str, *, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin
+           lower: float | None = None) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "lower": lower})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A run: data, model, objective, optimizer and loop."""
+
+  # Data.
+  dataset: str = _field("mnist1d", "TFDS dataset name: one of ours (mnist1d) or any TFDS catalog name.")
+  data_dir: str = _field("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
+  train_split: str = _field("train", "TFDS split to train on.")
+  eval_split: str = _field("test", "TFDS split to evaluate on.")
+  batch_size: int = _field(100, "Global training batch size (all devices and processes).", lower=1)
+  eval_batch_size: int = _field(1000, "Global evaluation batch size.", lower=1)
+  shuffle: bool = _field(True, "Shuffle the training data each epoch (false: take it in order).")
+  shuffle_buffer: int = _field(50_000, "Shuffle buffer size in examples.", lower=1)
+  # Model.
+  model: str = _field("cnn", "Model name in the nets registry.", choices=tuple(nets.names()))
+  model_hparams: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})
+  # Objective.
+  objective: str = _field("classification", "What is minimised.",
+                          choices=tuple(sorted(nets.objectives.OBJECTIVES)))
+  label_smoothing: float = _field(0.0, "Label smoothing for classification.", lower=0.0)
+  # Optimizer.
+  optimizer: str = _field("adam", "Optax optimizer.", choices=optim.OPTIMIZERS)
+  learning_rate: float = _field(1e-2, "Peak learning rate.", lower=0.0)
+  schedule: str = _field("constant", "Learning-rate schedule.", choices=optim.SCHEDULES)
+  warmup_steps: int = _field(0, "Linear warmup steps.", lower=0)
+  min_learning_rate: float = _field(0.0, "Final learning rate of the cosine and linear schedules.", lower=0.0)
+  momentum: float = _field(0.9, "Momentum of sgd momentum/nesterov.", lower=0.0)
+  b1: float = _field(0.9, "Adam-family beta1.", lower=0.0)
+  b2: float = _field(0.999, "Adam-family beta2 (rmsprop: its decay).", lower=0.0)
+  eps: float = _field(1e-8, "Adam-family epsilon.", lower=0.0)
+  weight_decay: float = _field(0.0, "Weight decay: decoupled for adamw/lamb/lion, an L2 gradient term otherwise.",
+                               lower=0.0)
+  grad_clip_norm: float = _field(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
+  # Loop.
+  steps: int = _field(6000, "Training steps.", lower=1)
+  log_every: int = _field(100, "Log training metrics every this many steps.", lower=1)
+  eval_every: int = _field(250, "Evaluate every this many steps (0: only at the end).", lower=0)
+  checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
+  keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", lower=1)
+  seed: int = _field(0, "Seed of parameter initialisation, dropout and data order.")
+  parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
+  num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    """Checks what single flags cannot: names, ranges and cross-field constraints."""
+    for f in dataclasses.fields(self):
+      meta, value = f.metadata, getattr(self, f.name)
+      if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"--{f.name}={value!r} is not one of {', '.join(meta['choices'])}")
+      if meta.get("lower") is not None and value < meta["lower"]:
+        raise ConfigError(f"--{f.name}={value!r} must be >= {meta['lower']}")
+    known = nets.hparams(self.model)
+    for name in self.model_hparams:
+      if name not in known:
+        raise ConfigError(f"model {self.model!r} has no hyperparameter {name!r}; it has: {', '.join(known)}")
+    if self.warmup_steps > self.steps:
+      raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
+    if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
+      raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
+
+  def replace(self, **changes: Any) -> "Config":
+    return dataclasses.replace(self, **changes)
+
+
+def _config_fields() -> list[dataclasses.Field]:
+  return [f for f in dataclasses.fields(Config) if f.metadata.get("flag", True)]
+
+
+def _parse_tuple(text: str, like: tuple) -> tuple:
+  """'25,25,25' -> (25, 25, 25), typed like the field's default."""
+  kind = type(like[0]) if like else int
+  items = [s.strip() for s in text.split(",") if s.strip()]
+  try:
+    return tuple(kind(s) for s in items)
+  except ValueError:
+    raise ConfigError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
+
+
+def _define(name: str, default: Any, help: str, values: flags.FlagValues, *, flag_default: Any = None,  # pylint: disable=redefined-builtin
+            choices: tuple[str, ...] | None = None) -> None:
+  """Defines one flag typed like `default`; its own default is `flag_default`."""
+  if choices:
+    flags.DEFINE_enum(name, flag_default, list(choices), help, flag_values=values)
+  elif isinstance(default, bool):
+    flags.DEFINE_bool(name, flag_default, help, flag_values=values)
+  elif isinstance(default, int):
+    flags.DEFINE_integer(name, flag_default, help, flag_values=values)
+  elif isinstance(default, float):
+    flags.DEFINE_float(name, flag_default, help, flag_values=values)
+  else:  # strings, and tuples given as comma-separated lists
+    flags.DEFINE_string(name, flag_default, help, flag_values=values)
+
+
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines a flag for every Config field and every model hyperparameter."""
+  for f in _config_fields():
+    meta = f.metadata
+    _define(f.name, f.default, meta["help"], values, flag_default=f.default, choices=meta.get("choices"))
+  for model in nets.names():
+    for name, f in nets.hparams(model).items():
+      default = f.default
+      shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+      _define(f"{model}.{name}", default, f"{model} hyperparameter (model default: {shown}).", values)
+  flags.DEFINE_string("workdir", "", "Run directory (default: a new folder under runs/). "
+                      "A workdir holding a checkpoint resumes from it.", flag_values=values)
+
+
+def model_hparams_from_flags(model: str, values: flags.FlagValues) -> dict[str, Any]:
+  """The `--MODEL.FIELD` flags that were set; setting another model's is an error."""
+  hparams = {}
+  for model_name in nets.names():
+    for name, f in nets.hparams(model_name).items():
+      value = values[f"{model_name}.{name}"].value
+      if value is None:
+        continue
+      if model_name != model:
+        raise ConfigError(f"--{model_name}.{name} is set but --model={model}; "
+                         f"set --{model}.* flags or choose --model={model_name}")
+      if isinstance(f.default, tuple):
+        value = _parse_tuple(value, f.default)
+        if not value:
+          raise ConfigError(f"--{model_name}.{name} is empty")
+      hparams[name] = value
+  return hparams
+
+
+def from_flags(values: flags.FlagValues = flags.FLAGS) -> Config:
+  kwargs = {f.name: values[f.name].value for f in _config_fields()}
+  kwargs["model_hparams"] = model_hparams_from_flags(kwargs["model"], values)
+  return Config(**kwargs)
+
+
+def to_flagfile(config: Config) -> str:
+  """A flag file that reproduces `config` (every field, model hyperparameters included)."""
+  lines = []
+  for f in _config_fields():
+    value = getattr(config, f.name)
+    lines.append(f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+  for name, value in config.model_hparams.items():
+    if isinstance(value, tuple):
+      value = ",".join(map(str, value))
+    elif isinstance(value, bool):
+      value = str(value).lower()
+    lines.append(f"--{config.model}.{name}={value}")
+  return "\n".join(lines) + "\n"

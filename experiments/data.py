@@ -1,0 +1,143 @@
+"""The input pipeline: any TFDS dataset -> per-process numpy batches.
+
+Training batches come from an endless, seeded stream: epoch `e` is the process's shard
+shuffled with a seed derived from (seed, e), and the stream is cut into batches. Batch `i`
+of a run therefore depends only on (seed, i), so a resumed run starts the stream at the
+step it stopped at and sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import experiments.datasets  # noqa: F401  (registers our offline builders)
+from experiments.config import Config, ConfigError
+
+# Keep TensorFlow off accelerators: JAX owns them.
+tf.config.set_visible_devices([], "GPU")
+
+Batch = dict[str, np.ndarray]
+
+
+def builder(config: Config) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder of `config.dataset`; a clear error if the name is unknown."""
+  data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
+  try:
+    b = tfds.builder(config.dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    first_line = str(e).strip().splitlines()[0]
+    raise ConfigError(f"unknown dataset --dataset={config.dataset!r} ({first_line}); ours offline: "
+                     f"{', '.join(experiments.datasets.OFFLINE_DATASETS)}; or any TFDS catalog name") from None
+  for split in (config.train_split, config.eval_split):
+    if b.info.splits and split.split("[")[0] not in b.info.splits:
+      raise ConfigError(f"dataset {config.dataset!r} has no split {split!r}; it has {list(b.info.splits)}")
+  if jax.process_index() == 0:
+    b.download_and_prepare()
+  return b
+
+
+def num_classes(b: tfds.core.DatasetBuilder) -> int | None:
+  """The number of classes of the label feature, if it is a ClassLabel."""
+  keys = b.info.supervised_keys
+  if not keys:
+    return None
+  feature = b.info.features[keys[1]]
+  return getattr(feature, "num_classes", None)
+
+
+def _to_model_inputs(x, y) -> dict[str, tf.Tensor]:
+  if x.dtype == tf.uint8:  # images: [0, 255] -> [0, 1]
+    x = tf.cast(x, tf.float32) / 255.0
+  elif x.dtype.is_floating:
+    x = tf.cast(x, tf.float32)
+  if y.dtype.is_integer:
+    y = tf.cast(y, tf.int32)
+  return {"x": x, "y": y}
+
+
+def _process_split(b: tfds.core.DatasetBuilder, split: str) -> tuple[str, int]:
+  """This process's share of `split`, and its number of examples."""
+  sub = tfds.split_for_jax_process(split, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  return sub, b.info.splits[sub].num_examples
+
+
+def _read(b: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = b.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+                    read_config=tfds.ReadConfig(add_tfds_id=False, options=options))
+  return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def per_process(global_batch: int) -> int:
+  if global_batch % jax.process_count():
+    raise ConfigError(f"batch size {global_batch} is not divisible by the {jax.process_count()} processes")
+  return global_batch // jax.process_count()
+
+
+def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
+  """Endless training batches of this process, starting at batch `start_step`."""
+  split, n = _process_split(b, config.train_split)
+  batch = per_process(config.batch_size)
+  if n < batch:
+    raise ConfigError(f"split {split!r} has {n} examples, fewer than a batch of {batch}")
+  examples = _read(b, split).cache()
+  first_epoch, offset = divmod(start_step * batch, n)
+  seed = config.seed + 1_000_003 * jax.process_index()
+
+  def epoch(e):
+    if not config.shuffle:
+      return examples
+    return examples.shuffle(min(config.shuffle_buffer, n), seed=seed * 7919 + e, reshuffle_each_iteration=False)
+
+  ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(config: Config, b: tfds.core.DatasetBuilder, split: str | None = None) -> Iterator[Batch]:
+  """One pass over the evaluation split in padded batches with a 0/1 `mask`.
+
+  Every process yields the same number of batches (padding with empty ones), so collective
+  evaluation steps line up across processes.
+  """
+  sub, n = _process_split(b, split or config.eval_split)
+  batch = per_process(config.eval_batch_size)
+  total = b.info.splits[split or config.eval_split].num_examples
+  num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
+  ds = _read(b, sub).cache().batch(batch).prefetch(tf.data.AUTOTUNE)
+  template = None
+  count = 0
+  for count, item in enumerate(ds.as_numpy_iterator(), start=1):
+    template = item
+    yield _pad(item, batch)
+  if template is None:
+    spec = ds.element_spec
+    template = {k: np.zeros((1,) + tuple(s.shape[1:]), s.dtype.as_numpy_dtype) for k, s in spec.items()}
+  for _ in range(count, max(num_batches, count)):
+    yield {**{k: np.zeros((batch,) + v.shape[1:], v.dtype) for k, v in template.items()},
+           "mask": np.zeros((batch,), np.float32)}
+  del n
+
+
+def _pad(item: Batch, batch: int) -> Batch:
+  size = len(next(iter(item.values())))
+  mask = np.zeros((batch,), np.float32)
+  mask[:size] = 1.0
+  if size < batch:
+    item = {k: np.concatenate([v, np.zeros((batch - size,) + v.shape[1:], v.dtype)]) for k, v in item.items()}
+  return {**item, "mask": mask}
+
+
+def example_batch(b: tfds.core.DatasetBuilder, config: Config) -> Batch:
+  """A batch of one example of the training split, for shapes and initialisation."""
+  item = next(_read(b, config.train_split).take(1).batch(1).as_numpy_iterator())
+  return item

@@ -1,0 +1,90 @@
+"""Where a run reports: metrics.jsonl, TensorBoard events, and a progress line."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+
+def _fmt_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Logger:
+  """Writes metrics from process 0 only; every other process's calls do nothing."""
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.chief = jax.process_index() == 0
+    self.total_steps = total_steps
+    if self.chief:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.chief:
+      return
+    clean = {k: float(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+    self._jsonl.flush()
+    with self._tb.as_default(step=step):
+      for k, v in clean.items():
+        tf.summary.scalar(k, v)
+    self._tb.flush()
+
+  def progress(self, step: int, metrics: Mapping[str, float], rate: float | None,
+               eta: float | None) -> None:
+    """Prints one line: step, the objective's training metrics, steps/s and ETA."""
+    if not self.chief:
+      return
+    parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"]
+    parts += [f"{k[len('train/'):]} {_fmt_value(v)}" for k, v in metrics.items()
+              if k.startswith("train/") and k[len("train/"):] not in _NOT_SHOWN]
+    if rate:
+      parts += [f"{rate:.1f} steps/s", f"ETA {_fmt_duration(eta)}"]
+    print(" | ".join(parts), flush=True)
+
+  def info(self, message: str) -> None:
+    if self.chief:
+      print(message, flush=True)
+
+  def close(self) -> None:
+    if self.chief:
+      self._jsonl.close()
+      self._tb.close()
+
+
+# Logged to metrics.jsonl and TensorBoard, but too many for the progress line.
+_NOT_SHOWN = ("grad_norm", "update_norm", "param_norm", "learning_rate", "cross_entropy")
+
+
+def _fmt_value(v: float) -> str:
+  v = float(v)
+  if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+    return f"{v:.3e}"
+  return f"{v:.4f}"
+
+
+def write_json(path: str, payload: Mapping) -> None:
+  """Writes JSON atomically (temporary file + rename)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _jsonable(x):
+  if isinstance(x, (np.generic, np.ndarray)):
+    return x.tolist()
+  return str(x)
+
+

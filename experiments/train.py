@@ -1,0 +1,334 @@
+"""The training spine: one pure train step and one loop for every model family.
+
+`train_step(state, batch, rng) -> (state, metrics)` differentiates the objective's mean
+per-example loss, updates with Optax and reports batch means. Its randomness is
+`fold_in(rng, state.step)`, so a resumed run draws what an uninterrupted one would.
+`train_and_evaluate(config, workdir)` runs it under `experiments.parallel` with data from
+`experiments.data`, logging, evaluation, orbax checkpoints, resume, SIGTERM and NaN guards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import nets
+from experiments import checkpoint, data, logs, optim
+from experiments.config import Config, ConfigError
+from experiments.parallel import DataParallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes: the step count, parameters, other model variables
+  (e.g. batch statistics) and the optimizer state."""
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+class _Apply:
+  """Runs `model` with bound variables and randomness; records updated model state."""
+
+  def __init__(self, model: nn.Module, params: Any, model_state: Any, rng: jax.Array, train: bool):
+    self.model, self.params, self.model_state = model, params, model_state
+    self.rng, self.train = rng, train
+    self.new_model_state = model_state
+    self._calls = 0
+
+  def __call__(self, *args, **kwargs):
+    rng = jax.random.fold_in(self.rng, self._calls)  # distinct randomness per call
+    self._calls += 1
+    variables = {"params": self.params, **self.model_state}
+    if self.train and self.model_state:
+      out, updated = self.model.apply(variables, *args, train=True, rngs={"dropout": rng},
+                                      mutable=list(self.model_state), **kwargs)
+      self.new_model_state = dict(updated)
+      return out
+    return self.model.apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+  if mask is None:
+    return jnp.mean(values)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
+               schedule: Callable[[Any], Any], axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on one device's view of the batch (see experiments.parallel)."""
+  rng = jax.random.fold_in(rng, state.step)
+  if axis_name is not None:  # each device draws its own dropout masks
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  model_rng, objective_rng = jax.random.split(rng)
+
+  def loss_fn(params):
+    apply = _Apply(model, params, state.model_state, model_rng, train=True)
+    per_example = objective(apply, batch, objective_rng)
+    return jnp.mean(per_example["loss"]), (per_example, apply.new_model_state)
+
+  (_, (per_example, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = {f"train/{k}": jnp.mean(v) for k, v in per_example.items()}
+  if axis_name is not None:
+    grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics["train/grad_norm"] = optax.global_norm(grads)
+  metrics["train/update_norm"] = optax.global_norm(updates)
+  metrics["train/param_norm"] = optax.global_norm(params)
+  metrics["train/learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+              model: nn.Module, objective: nets.objectives.Objective, axis_name: str | None = None
+              ) -> dict[str, jax.Array]:
+  """Sums of the per-example metrics over the unmasked examples, and their count."""
+  batch = dict(batch)
+  mask = batch.pop("mask")
+  apply = _Apply(model, state.params, state.model_state, rng, train=False)
+  per_example = objective(apply, batch, rng)
+  sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
+  sums["count"] = jnp.sum(mask)
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums
+
+
+def build(config: Config, example: dict[str, np.ndarray], num_classes: int | None):
+  """The model, objective, optimizer and schedule of `config`."""
+  hparams = dict(config.model_hparams)
+  if "num_outputs" in nets.hparams(config.model) and "num_outputs" not in hparams:
+    if config.objective == "classification" and num_classes:
+      hparams["num_outputs"] = num_classes
+    elif config.objective == "regression":
+      hparams["num_outputs"] = int(np.prod(example["y"].shape[1:]))
+  model = nets.create(config.model, **hparams)
+  objective = nets.objectives.create(config.objective, label_smoothing=config.label_smoothing)
+  schedule = optim.schedule(config.schedule, config.learning_rate, config.steps, config.warmup_steps,
+                            config.min_learning_rate)
+  tx = optim.optimizer(config.optimizer, schedule, momentum=config.momentum, b1=config.b1, b2=config.b2,
+                       eps=config.eps, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+  return model, objective, tx, schedule
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, example: dict[str, np.ndarray],
+               rng: jax.Array, sharding: Any) -> TrainState:
+  """Initialises parameters and optimizer state directly in their sharding."""
+
+  def init(rng):
+    variables = model.init({"params": rng, "dropout": rng}, jnp.asarray(example["x"]), train=False)
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                      opt_state=tx.init(params))
+
+  return jax.jit(init, out_shardings=sharding)(rng)
+
+
+def count_params(params: Any) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def evaluate(p_eval: Callable, state: TrainState, batches, par: DataParallel, rng: jax.Array,
+             prefix: str) -> dict[str, float]:
+  totals = None
+  for batch in batches:
+    sums = p_eval(state, par.put_batch(batch), rng)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = max(float(totals.pop("count")), 1.0)
+  return {f"{prefix}/{k}": float(v) / count for k, v in totals.items()}
+
+
+class _StepClock:
+  """Time spent in training steps, the first (compiling) step and paused spans excluded."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self.total_steps = total_steps
+    self.first_step_s = math.nan
+    self._t_start = time.perf_counter()
+    self._origin = (start_step, self._t_start)  # after the first step: (step, time)
+    self._lap = self._origin
+    self._paused = 0.0  # seconds paused since the last lap
+    self._paused_total = 0.0
+
+  def first_step_done(self) -> None:
+    now = time.perf_counter()
+    self.first_step_s = now - self._t_start
+    self._origin = self._lap = (self._origin[0] + 1, now)
+
+  @contextlib.contextmanager
+  def paused(self):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      dt = time.perf_counter() - t
+      self._paused += dt
+      self._paused_total += dt
+
+  def lap(self, step: int) -> tuple[float | None, float | None]:
+    """Steps/s since the previous lap, and the seconds left at that rate."""
+    now = time.perf_counter()
+    steps, seconds = step - self._lap[0], now - self._lap[1] - self._paused
+    self._lap, self._paused = (step, now), 0.0
+    if steps <= 0 or seconds <= 0:
+      return None, None
+    rate = steps / seconds
+    return rate, (self.total_steps - step) / rate
+
+  def steps_per_sec(self, step: int) -> float:
+    steps = step - self._origin[0]
+    seconds = time.perf_counter() - self._origin[1] - self._paused_total
+    return steps / seconds if steps > 0 and seconds > 0 else math.nan
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+
+  Returns the summary (also written to `workdir/summary.json`), or, when stopped by
+  SIGTERM, a dict with "stopped": True after saving a checkpoint.
+  """
+  start_time = time.perf_counter()
+  par = DataParallel(config.parallel, config.num_devices)
+  par.check_batch_size(config.batch_size)
+  par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
+  builder = data.builder(config)
+  example = data.example_batch(builder, config)
+  key = jax.random.key(config.seed)
+  init_key, step_key, eval_key = jax.random.split(key, 3)
+  try:  # invalid model hyperparameters surface when the model is first built
+    model, objective, tx, schedule = build(config, example, data.num_classes(builder))
+    state = init_state(model, tx, example, init_key, par.replicated)
+  except ValueError as e:
+    raise ConfigError(f"--model={config.model}: {e}") from e
+  num_params = count_params(state.params)
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  log = logs.Logger(workdir, config.steps)
+  start_step = ckpts.latest_step() or 0
+  if start_step:
+    state = ckpts.restore(state)
+    log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}")
+  log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.num_devices} device(s), "
+           f"--parallel={config.parallel}; workdir {workdir}")
+
+  p_train = par.compile(functools.partial(train_step, model=model, objective=objective, tx=tx,
+                                          schedule=schedule), donate_state=True)
+  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
+  run_eval = lambda: evaluate(p_eval, state, data.eval_batches(config, builder), par, eval_key, "eval")
+
+  batches = data.train_batches(config, builder, start_step)
+  pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
+  last_good = start_step
+
+  def flush(step: int) -> dict[str, float]:
+    """Fetches pending metrics; raises NonFiniteLoss (keeping checkpoints) on NaN/inf."""
+    fetched = jax.device_get(pending)
+    pending.clear()
+    losses = np.array([m["train/loss"] for m in fetched])
+    if not np.all(np.isfinite(losses)):
+      bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
+      raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. "
+                          f"The last good checkpoint (step {last_good}) is kept in {ckpts.directory}")
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+  clock = _StepClock(start_step, config.steps)
+  step = start_step
+  with _SigtermFlag() as sigterm:
+    try:
+      while step < config.steps:
+        state, metrics = p_train(state, par.put_batch(next(batches)), step_key)
+        pending.append(metrics)
+        step += 1
+        if step == start_step + 1:  # the first step compiles: time it apart
+          jax.block_until_ready(state)
+          clock.first_step_done()
+        done = step == config.steps
+        should_log = step % config.log_every == 0 or done
+        should_eval = (config.eval_every and step % config.eval_every == 0) or done
+        should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done
+        if should_log or should_save or sigterm.raised:
+          means = flush(step)
+          if should_log:
+            rate, eta = clock.lap(step)
+            log.progress(step, means, rate, eta)
+            log.write(step, {**means, **({"train/steps_per_sec": rate} if rate else {})})
+        with clock.paused():  # evaluation and checkpoints do not count as training time
+          if should_eval and not done:
+            log.write(step, run_eval())
+          if should_save or sigterm.raised:
+            ckpts.save(step, state)
+            last_good = step
+        if sigterm.raised:
+          log.info(f"SIGTERM: saved the checkpoint at step {step}; run the same command to resume.")
+          ckpts.close()
+          log.close()
+          return {"stopped": True, "step": step}
+    except NonFiniteLoss:
+      ckpts.close()
+      log.close()
+      raise
+
+  final = run_eval()
+  log.write(step, final)
+  ckpts.close()
+  summary = {
+      **final,
+      "step": step,
+      "num_params": num_params,
+      "wall_time_s": time.perf_counter() - start_time,
+      "first_step_s": clock.first_step_s,  # compilation included
+      "train_steps_per_sec": clock.steps_per_sec(step),
+  }
+  if jax.process_index() == 0:
+    logs.write_json(os.path.join(workdir, "summary.json"), summary)
+  log.info("Final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in summary.items()))
+  log.close()
+  return summary
