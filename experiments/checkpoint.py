@@ -16,7 +16,11 @@ class Checkpoints:
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            # Synchronous: a save is complete when save() returns (tiny states here; async
+            # saves also raced with tfds.testing.mock_data in orbax 0.12).
+            enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

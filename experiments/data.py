@@ -62,19 +62,18 @@ def _to_model_inputs(x, y) -> dict[str, tf.Tensor]:
   return {"x": x, "y": y}
 
 
-def _process_split(b: tfds.core.DatasetBuilder, split: str) -> tuple[str, int]:
-  """This process's share of `split`, and its number of examples."""
+def _read(b: tfds.core.DatasetBuilder, split: str) -> tuple[tf.data.Dataset, int]:
+  """This process's share of `split` as model inputs, and its number of examples."""
   sub = tfds.split_for_jax_process(split, process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  return sub, b.info.splits[sub].num_examples
-
-
-def _read(b: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
-  ds = b.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+  ds = b.as_dataset(split=sub, as_supervised=True, shuffle_files=False,
                     read_config=tfds.ReadConfig(add_tfds_id=False, options=options))
-  return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+  n = int(ds.cardinality())
+  if n < 0:  # unknown (e.g. mock data): count once
+    n = int(ds.reduce(0, lambda count, _: count + 1))
+  return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE), n
 
 
 def per_process(global_batch: int) -> int:
@@ -85,11 +84,11 @@ def per_process(global_batch: int) -> int:
 
 def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
   """Endless training batches of this process, starting at batch `start_step`."""
-  split, n = _process_split(b, config.train_split)
+  examples, n = _read(b, config.train_split)
   batch = per_process(config.batch_size)
   if n < batch:
-    raise ConfigError(f"split {split!r} has {n} examples, fewer than a batch of {batch}")
-  examples = _read(b, split).cache()
+    raise ConfigError(f"split {config.train_split!r} has {n} examples on this process, fewer than a batch of {batch}")
+  examples = examples.cache()
   first_epoch, offset = divmod(start_step * batch, n)
   seed = config.seed + 1_000_003 * jax.process_index()
 
@@ -109,11 +108,13 @@ def eval_batches(config: Config, b: tfds.core.DatasetBuilder, split: str | None 
   Every process yields the same number of batches (padding with empty ones), so collective
   evaluation steps line up across processes.
   """
-  sub, n = _process_split(b, split or config.eval_split)
+  split = split or config.eval_split
+  ds, n = _read(b, split)
   batch = per_process(config.eval_batch_size)
-  total = b.info.splits[split or config.eval_split].num_examples
+  # Processes' shares differ by at most one example; all run as many batches as the largest.
+  total = b.info.splits[split].num_examples if b.info.splits else n * jax.process_count()
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
-  ds = _read(b, sub).cache().batch(batch).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE)
   template = None
   count = 0
   for count, item in enumerate(ds.as_numpy_iterator(), start=1):
@@ -125,7 +126,6 @@ def eval_batches(config: Config, b: tfds.core.DatasetBuilder, split: str | None 
   for _ in range(count, max(num_batches, count)):
     yield {**{k: np.zeros((batch,) + v.shape[1:], v.dtype) for k, v in template.items()},
            "mask": np.zeros((batch,), np.float32)}
-  del n
 
 
 def _pad(item: Batch, batch: int) -> Batch:
@@ -139,5 +139,5 @@ def _pad(item: Batch, batch: int) -> Batch:
 
 def example_batch(b: tfds.core.DatasetBuilder, config: Config) -> Batch:
   """A batch of one example of the training split, for shapes and initialisation."""
-  item = next(_read(b, config.train_split).take(1).batch(1).as_numpy_iterator())
-  return item
+  ds, _ = _read(b, config.train_split)
+  return next(ds.take(1).batch(1).as_numpy_iterator())

@@ -12,8 +12,6 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
   """The 4000/1000 MNIST-1D split: 40-sample 1D signals of the ten digits."""
 
   VERSION = tfds.core.Version("1.0.0")
-  # Keep the published order (the paper trains on batches taken in order).
-  disable_shuffling = True
   RELEASE_NOTES = {"1.0.0": "The published split, from mnist1d.data.make_dataset defaults."}
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -24,6 +22,8 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
             "y": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("x", "y"),
+        # Keep the published order: the paper trains on batches taken in order.
+        disable_shuffling=True,
         homepage="https://github.com/greydanus/mnist1d",
         citation="Greydanus, S. (2020). Scaling down deep learning. arXiv:2011.14439.",
     )

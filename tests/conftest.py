@@ -1,0 +1,30 @@
+"""Shared test set-up: a private TFDS data directory and small run helpers."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS_DIR = os.path.join(ROOT, "experiments", "flags")
+
+# Generated datasets go to a per-session directory, never to the user's ~/tensorflow_datasets.
+os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="tfds-"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bool = True,
+            module: str = "experiments.run") -> subprocess.CompletedProcess:
+  """Runs `python -m experiments.run ARGS` from the repository root."""
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env={**os.environ, **(env or {})})
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+  return proc
+
+
+@pytest.fixture(scope="session")
+def tfds_dir():
+  return os.environ["TFDS_DATA_DIR"]
