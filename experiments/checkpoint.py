@@ -36,6 +36,11 @@ class Checkpoints:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+  def restore_raw(self, step: int | None = None) -> Any:
+    """The latest (or `step`'s) saved pytree as host arrays, without a target structure."""
+    step = self.latest_step() if step is None else step
+    return jax.device_get(self.manager.restore(step, args=ocp.args.StandardRestore()))
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -1,0 +1,56 @@
+"""jit over a Mesh, pmap, and a single device give the same parameters (4 fake CPU devices)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT
+
+SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import json, sys
+    import jax, numpy as np
+    from experiments import checkpoint, train
+    from experiments.config import Config, ConfigError
+
+    assert jax.device_count() == 4, jax.devices()
+    workdir = sys.argv[1]
+    results = {}
+    for model, hparams in [("mlp", {"features": (32, 32)}), ("cnn", {"features": (8, 8), "kernel_size": (5, 3), "strides": (2, 2)}),
+                           ("rnn", {"cell": "lstm", "hidden": 4})]:
+      base = Config(model=model, model_hparams=hparams, steps=6, batch_size=32, eval_batch_size=200,
+                    log_every=3, eval_every=3, checkpoint_every=0, learning_rate=3e-3, seed=1)
+      params = {}
+      for mode, n in [("jit", 1), ("jit", 4), ("pmap", 4)]:
+        run = f"{workdir}/{model}-{mode}{n}"
+        summary = train.train_and_evaluate(base.replace(parallel=mode, num_devices=n), run)
+        state = checkpoint.Checkpoints(run + "/checkpoints").restore_raw()
+        params[f"{mode}{n}"] = (jax.tree.leaves(state["params"]), summary["eval/loss"])
+      ref, ref_loss = params["jit1"]
+      results[model] = {
+          name: {"max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(ref, leaves)),
+                 "eval_loss_diff": abs(loss - ref_loss),
+                 "moved": max(float(np.max(np.abs(a))) for a in leaves)}
+          for name, (leaves, loss) in params.items()}
+    try:
+      train.train_and_evaluate(Config(batch_size=30, steps=1), workdir + "/bad")
+      results["indivisible"] = "no error"
+    except ConfigError as e:
+      results["indivisible"] = str(e)
+    print("RESULTS" + json.dumps(results))
+""")
+
+
+def test_jit_pmap_and_single_device_agree(tmp_path):
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.split("RESULTS", 1)[1])
+  for model in ("mlp", "cnn", "rnn"):
+    for mode in ("jit4", "pmap4"):
+      r = results[model][mode]
+      assert r["max_abs_diff"] < 1e-5, (model, mode, r)
+      assert r["eval_loss_diff"] < 1e-5, (model, mode, r)
+  assert "--batch_size=30 is not divisible by the 4 devices" in results["indivisible"]
