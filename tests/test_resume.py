@@ -1,0 +1,85 @@
+"""Faults: a killed run resumes to the same parameters; SIGTERM checkpoints; NaN stops."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import ROOT, run_cli
+from experiments import checkpoint
+
+# Shuffled data and a decaying schedule: resuming must restore the data position and the step.
+RUN = ["--model=mlp", "--mlp.features=64,64", "--mlp.dropout=0.1", "--steps=600", "--batch_size=50",
+       "--schedule=warmup_cosine", "--warmup_steps=100", "--optimizer=adamw", "--weight_decay=1e-4",
+       "--log_every=10", "--eval_every=0", "--checkpoint_every=20", "--seed=5"]
+
+
+def _params(workdir):
+  state = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).restore_raw()
+  return state["step"], [np.asarray(x) for x in sorted_leaves(state["params"])]
+
+
+def sorted_leaves(tree, prefix=""):
+  if isinstance(tree, dict):
+    return [leaf for k in sorted(tree) for leaf in sorted_leaves(tree[k], f"{prefix}/{k}")]
+  return [tree]
+
+
+def _start(workdir):
+  return subprocess.Popen([sys.executable, "-m", "experiments.run", *RUN, f"--workdir={workdir}"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt(workdir, sig, after_line):
+  """Starts the run and sends `sig` once a progress line containing `after_line` appears."""
+  proc = _start(workdir)
+  for line in proc.stdout:
+    if after_line in line:
+      proc.send_signal(sig)
+      break
+  out, err = proc.communicate(timeout=120)
+  return proc.returncode, out, err
+
+
+def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path):
+  reference = tmp_path / "uninterrupted"
+  run_cli(*RUN, f"--workdir={reference}")
+  ref_step, ref_params = _params(reference)
+  assert ref_step == 600
+
+  # SIGTERM: saves a checkpoint where it is and exits cleanly, mid-way.
+  terminated = tmp_path / "sigterm"
+  code, out, _ = _interrupt(terminated, signal.SIGTERM, "step   10/")
+  assert code == 0, out
+  assert "SIGTERM: saved the checkpoint at step" in out
+  stopped_at = checkpoint.Checkpoints(str(terminated / "checkpoints")).latest_step()
+  assert 10 <= stopped_at < 600 and not (terminated / "summary.json").exists()
+
+  # SIGKILL: nothing to catch; the run resumes from its last periodic checkpoint.
+  killed = tmp_path / "sigkill"
+  code, out, _ = _interrupt(killed, signal.SIGKILL, "step   50/")
+  assert code == -signal.SIGKILL
+  assert 40 <= checkpoint.Checkpoints(str(killed / "checkpoints")).latest_step() < 600
+
+  for workdir in (terminated, killed):
+    proc = run_cli(*RUN, f"--workdir={workdir}")
+    assert "Resumed from the checkpoint at step" in proc.stdout
+    step, params = _params(workdir)
+    assert step == 600
+    for a, b in zip(ref_params, params):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  proc = run_cli("--model=mlp", "--learning_rate=1e30", "--steps=50", "--log_every=1", "--checkpoint_every=1",
+                 "--eval_every=0", f"--workdir={tmp_path}", check=False)
+  assert proc.returncode == 1
+  assert "loss is nan at step" in proc.stderr or "loss is inf at step" in proc.stderr
+  assert "The last good checkpoint (step" in proc.stderr
+  steps = checkpoint.Checkpoints(str(tmp_path / "checkpoints")).manager.all_steps()
+  assert steps and max(steps) < 50
+  _, params = _params(tmp_path)
+  assert all(np.all(np.isfinite(p)) for p in params)
+  assert not (tmp_path / "summary.json").exists()
