@@ -16,7 +16,6 @@ import pytest
 import nets
 from nets import rnn as rnn_lib
 
-KEY = jax.random.key(0)
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
 
@@ -68,10 +67,10 @@ for _shape in [(2, 16), (2, 16, 3), (2, 8, 8, 3)]:
                   for n in ("batch", "layer", "group", "none") for pre in (False, True)]
 SHAPE_CASES += [("cnn", {}, (2, 40))]
 # Two layers on (B, T, F) input for some output modes, one layer on (B, T) for the others.
-SHAPE_CASES += [("rnn", {"cell": c, "hidden": 3, "layers": 1 + (o in ("last", "sequence")),
-                         "bidirectional": bi, "output": o}, (2, 5) if o in ("all", "mean") else (2, 5, 3))
+SHAPE_CASES += [("rnn", {"cell": c, "hidden": 3, "layers": 1 + deep, "bidirectional": bi,
+                         "output": o}, (2, 5, 3) if deep else (2, 5))
                 for c in ("rnn", "lstm", "gru") for bi in (False, True)
-                for o in ("all", "last", "mean", "sequence")]
+                for o, deep in (("all", 0), ("last", 1), ("mean", 0), ("sequence", 1))]
 SHAPE_CASES += [("rnn", {"hidden": 3, "layers": 2, "dropout": 0.5, "output": o}, (2, 5))
                 for o in ("last", "sequence")]
 
@@ -249,8 +248,9 @@ def test_gru_model_matches_reference(output):
   variables = random_variables(model, x)
   params = variables["params"]
   xs = x.astype(np.float64)[..., None]
-  seq = np.concatenate([reference_sequence("gru", params["layer0"]["forward"], xs, hidden),
-                        reference_sequence("gru", params["layer0"]["backward"], xs, hidden, True)], -1)
+  layer = params["layer0"]
+  seq = np.concatenate([reference_sequence("gru", layer["forward"], xs, hidden),
+                        reference_sequence("gru", layer["backward"], xs, hidden, True)], -1)
   features = {
       "all": seq.reshape(3, -1),  # the order of PyTorch's output.view(batch, -1)
       "last": np.concatenate([seq[:, -1, :hidden], seq[:, 0, hidden:]], -1),  # = h_n of each dir
