@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nets import activations
+from nets import activations, initializers
 from nets.registry import register
 
 NORMS = ("none", "batch", "layer", "group")
@@ -102,8 +102,10 @@ class CNN(nn.Module):
   hidden: int = 0
   dropout: float = 0.0
   num_outputs: int = 10
+  weight_init: str = "lecun"  # or "torch": see nets.initializers
 
   def __post_init__(self):
+    initializers.check("CNN", self.weight_init)
     if not len(self.features) == len(self.kernel_size) == len(self.strides):
       raise ValueError("CNN.features, CNN.kernel_size and CNN.strides must have equal lengths; got "
                        f"{self.features!r}, {self.kernel_size!r}, {self.strides!r}")
@@ -125,8 +127,9 @@ class CNN(nn.Module):
     padding = _padding("CNN", self.padding, ndim)
     window = (2,) * ndim
     for features, kernel, stride in zip(self.features, self.kernel_size, self.strides):
+      fan_in = x.shape[-1] * kernel**ndim
       x = nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=padding,
-                  use_bias=self.norm != "batch")(x)
+                  use_bias=self.norm != "batch", **initializers.layer_inits(self.weight_init, fan_in))(x)
       x = act(_norm(self.norm, train)(x))
       if self.pool == "max":
         x = nn.max_pool(x, window, strides=window)
@@ -139,9 +142,9 @@ class CNN(nn.Module):
     else:
       x = jnp.moveaxis(x, -1, 1).reshape(x.shape[0], -1)
     if self.hidden:
-      x = act(nn.Dense(self.hidden)(x))
+      x = act(nn.Dense(self.hidden, **initializers.layer_inits(self.weight_init, x.shape[-1]))(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_outputs)(x)
+    return nn.Dense(self.num_outputs, **initializers.layer_inits(self.weight_init, x.shape[-1]))(x)
 
 
 class BasicBlock(nn.Module):

@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax
 
-from nets import activations
+from nets import activations, initializers
 from nets.registry import register
 
 
@@ -28,11 +28,17 @@ class LogisticRegression(nn.Module):
   """One affine map from the flattened input to the logits."""
 
   num_outputs: int = 10
+  weight_init: str = "lecun"  # or "torch": see nets.initializers
+
+  def __post_init__(self):
+    initializers.check("LogisticRegression", self.weight_init)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    return nn.Dense(self.num_outputs)(_flatten(x))
+    x = _flatten(x)
+    return nn.Dense(self.num_outputs, **initializers.layer_inits(self.weight_init, x.shape[-1]))(x)
 
 
 @register("mlp")
@@ -50,9 +56,11 @@ class MLP(nn.Module):
   dropout: float = 0.0
   residual: bool = False
   num_outputs: int = 10
+  weight_init: str = "lecun"  # or "torch": see nets.initializers
 
   def __post_init__(self):
     _activation("MLP", self.activation)
+    initializers.check("MLP", self.weight_init)
     _check_dropout("MLP", self.dropout)
     if any(int(f) < 1 for f in self.features):
       raise ValueError(f"MLP.features must be positive widths; got {self.features!r}")
@@ -63,7 +71,7 @@ class MLP(nn.Module):
     act = _activation("MLP", self.activation)
     h = _flatten(x)
     for width in self.features:
-      new = act(nn.Dense(width)(h))
+      new = act(nn.Dense(width, **initializers.layer_inits(self.weight_init, h.shape[-1]))(h))
       new = nn.Dropout(self.dropout, deterministic=not train)(new)
       h = h + new if self.residual and h.shape[-1] == width else new
-    return nn.Dense(self.num_outputs)(h)
+    return nn.Dense(self.num_outputs, **initializers.layer_inits(self.weight_init, h.shape[-1]))(h)

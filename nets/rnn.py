@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nets import initializers
 from nets.registry import register
 
 
@@ -149,9 +150,11 @@ class RNN(nn.Module):
   output: str = "all"
   dropout: float = 0.0
   num_outputs: int = 10
+  weight_init: str = "lecun"  # of the head; or "torch": see nets.initializers. Cells follow PyTorch.
 
   def __post_init__(self):
     _cell("RNN", self.cell)
+    initializers.check("RNN", self.weight_init)
     if self.output not in OUTPUTS:
       raise ValueError(f"RNN.output must be one of {', '.join(OUTPUTS)}; got {self.output!r}")
     if self.hidden < 1:
@@ -182,4 +185,4 @@ class RNN(nn.Module):
     elif self.output == "mean":
       x = x.mean(axis=1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_outputs, name="head")(x)
+    return nn.Dense(self.num_outputs, name="head", **initializers.layer_inits(self.weight_init, x.shape[-1]))(x)
