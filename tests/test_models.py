@@ -398,3 +398,19 @@ def test_nets_imports_neither_tensorflow_nor_absl():
   subprocess.run([sys.executable, "-c", code], check=True)
   for path in pathlib.Path(nets.__file__).parent.glob("*.py"):
     assert not re.search(r"^\s*(import|from)\s+(absl|tensorflow)", path.read_text(), re.M), path
+
+
+@pytest.mark.parametrize("name,kwargs,layer", [
+    ("mlp", {"features": (100,)}, "Dense_0"),
+    ("logreg", {}, "Dense_0"),
+    ("cnn", {"features": (25,), "kernel_size": (5,), "strides": (2,)}, "Conv_0"),
+])
+def test_torch_weight_init_draws_from_pytorch_bounds(name, kwargs, layer):
+  model = nets.create(name, weight_init="torch", **kwargs)
+  params = model.init(jax.random.key(0), jnp.zeros((2, 40)))["params"][layer]
+  fan_in = 40 if layer == "Dense_0" else 5
+  bound = 1 / np.sqrt(fan_in)
+  for leaf in (params["kernel"], params["bias"]):
+    assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.8 * bound  # uniform, bias included
+  with pytest.raises(ValueError, match="weight_init"):
+    nets.create(name, weight_init="xavier", **kwargs)
