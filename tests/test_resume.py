@@ -1,6 +1,7 @@
 """Faults: a killed run resumes to the same parameters; SIGTERM checkpoints; NaN stops."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,14 +33,18 @@ def _start(workdir):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _interrupt(workdir, sig, after_line):
-  """Starts the run and sends `sig` once a progress line containing `after_line` appears."""
+def _interrupt(workdir, sig, after_step):
+  """Starts the run and sends `sig` once the progress line of `after_step` appears."""
   proc = _start(workdir)
+  pattern = re.compile(rf"^step +{after_step}/")
+  sent = False
   for line in proc.stdout:
-    if after_line in line:
+    if pattern.match(line):
       proc.send_signal(sig)
+      sent = True
       break
   out, err = proc.communicate(timeout=120)
+  assert sent, f"the run ended before step {after_step}:\n{out}\n{err[-2000:]}"
   return proc.returncode, out, err
 
 
@@ -51,7 +56,7 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path):
 
   # SIGTERM: saves a checkpoint where it is and exits cleanly, mid-way.
   terminated = tmp_path / "sigterm"
-  code, out, _ = _interrupt(terminated, signal.SIGTERM, "step   10/")
+  code, out, _ = _interrupt(terminated, signal.SIGTERM, 10)
   assert code == 0, out
   assert "SIGTERM: saved the checkpoint at step" in out
   stopped_at = checkpoint.Checkpoints(str(terminated / "checkpoints")).latest_step()
@@ -59,7 +64,7 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path):
 
   # SIGKILL: nothing to catch; the run resumes from its last periodic checkpoint.
   killed = tmp_path / "sigkill"
-  code, out, _ = _interrupt(killed, signal.SIGKILL, "step   50/")
+  code, out, _ = _interrupt(killed, signal.SIGKILL, 50)
   assert code == -signal.SIGKILL
   assert 40 <= checkpoint.Checkpoints(str(killed / "checkpoints")).latest_step() < 600
 
