@@ -115,23 +115,18 @@ def eval_batches(config: Config, b: tfds.core.DatasetBuilder, split: str | None 
   total = b.info.splits[split].num_examples if b.info.splits else n * jax.process_count()
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
   ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE)
-  template = None
   count = 0
   for count, item in enumerate(ds.as_numpy_iterator(), start=1):
-    template = item
     yield _pad(item, batch)
-  if template is None:
-    spec = ds.element_spec
-    template = {k: np.zeros((1,) + tuple(s.shape[1:]), s.dtype.as_numpy_dtype) for k, s in spec.items()}
-  for _ in range(count, max(num_batches, count)):
-    yield {**{k: np.zeros((batch,) + v.shape[1:], v.dtype) for k, v in template.items()},
-           "mask": np.zeros((batch,), np.float32)}
+  empty = {k: np.zeros((0,) + tuple(s.shape[1:]), s.dtype.as_numpy_dtype) for k, s in ds.element_spec.items()}
+  for _ in range(count, num_batches):
+    yield _pad(empty, batch)
 
 
 def _pad(item: Batch, batch: int) -> Batch:
+  """Pads a short final batch with zeros; `mask` marks the real examples."""
   size = len(next(iter(item.values())))
-  mask = np.zeros((batch,), np.float32)
-  mask[:size] = 1.0
+  mask = (np.arange(batch) < size).astype(np.float32)
   if size < batch:
     item = {k: np.concatenate([v, np.zeros((batch - size,) + v.shape[1:], v.dtype)]) for k, v in item.items()}
   return {**item, "mask": mask}
