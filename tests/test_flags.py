@@ -11,7 +11,7 @@ from conftest import FLAGS_DIR, ROOT, run_cli
 from experiments import config as config_lib
 
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
-TINY = ["--steps=2", "--log_every=1", "--eval_every=0", "--checkpoint_every=0", "--eval_batch_size=500"]
+TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0", "--eval_batch_size=500"]
 
 
 def parse(*args: str) -> config_lib.Config:
