@@ -66,12 +66,6 @@ class _Apply:
     return self.model.apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-  if mask is None:
-    return jnp.mean(values)
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
                schedule: Callable[[Any], Any], axis_name: str | None = None
