@@ -102,25 +102,38 @@ def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int =
   return ds.as_numpy_iterator()
 
 
-def eval_batches(config: Config, b: tfds.core.DatasetBuilder, split: str | None = None) -> Iterator[Batch]:
-  """One pass over the evaluation split in padded batches with a 0/1 `mask`.
+# Evaluation splits up to this size (on disk) are kept in memory after the first pass.
+EVAL_CACHE_BYTES = 512 * 2**20
 
-  Every process yields the same number of batches (padding with empty ones), so collective
-  evaluation steps line up across processes.
+
+class EvalBatches:
+  """One pass over the evaluation split per iteration, in padded batches with a 0/1 `mask`.
+
+  The pipeline is built once; small splits are cached in memory after the first pass.
+  Every process yields the same number of batches (padding with empty ones), so
+  collective evaluation steps line up across processes.
   """
-  split = split or config.eval_split
-  ds, n = _read(b, split)
-  batch = per_process(config.eval_batch_size)
-  # Processes' shares differ by at most one example; all run as many batches as the largest.
-  total = b.info.splits[split].num_examples if b.info.splits else n * jax.process_count()
-  num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
-  ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE)
-  count = 0
-  for count, item in enumerate(ds.as_numpy_iterator(), start=1):
-    yield _pad(item, batch)
-  empty = {k: np.zeros((0,) + tuple(s.shape[1:]), s.dtype.as_numpy_dtype) for k, s in ds.element_spec.items()}
-  for _ in range(count, num_batches):
-    yield _pad(empty, batch)
+
+  def __init__(self, config: Config, b: tfds.core.DatasetBuilder, split: str | None = None):
+    split = split or config.eval_split
+    ds, n = _read(b, split)
+    self.batch = per_process(config.eval_batch_size)
+    info = b.info.splits[split] if b.info.splits else None
+    if info is None or info.num_bytes <= EVAL_CACHE_BYTES:
+      ds = ds.cache()
+    # Processes' shares differ by at most one example; all run as many batches as the largest.
+    total = info.num_examples if info is not None else n * jax.process_count()
+    self.num_batches = math.ceil(math.ceil(total / jax.process_count()) / self.batch)
+    self._ds = ds.batch(self.batch).prefetch(tf.data.AUTOTUNE)
+    self._empty = {k: np.zeros((0,) + tuple(s.shape[1:]), s.dtype.as_numpy_dtype)
+                   for k, s in self._ds.element_spec.items()}
+
+  def __iter__(self) -> Iterator[Batch]:
+    count = 0
+    for count, item in enumerate(self._ds.as_numpy_iterator(), start=1):
+      yield _pad(item, self.batch)
+    for _ in range(count, self.num_batches):
+      yield _pad(self._empty, self.batch)
 
 
 def _pad(item: Batch, batch: int) -> Batch:

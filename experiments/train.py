@@ -101,8 +101,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
   """Sums of the per-example metrics over the unmasked examples, and their count."""
   batch = dict(batch)
   mask = batch.pop("mask")
-  apply = _Apply(model, state.params, state.model_state, rng, train=False)
-  per_example = objective(apply, batch, rng)
+  model_rng, objective_rng = jax.random.split(rng)
+  apply = _Apply(model, state.params, state.model_state, model_rng, train=False)
+  per_example = objective(apply, batch, objective_rng)
   sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
   sums["count"] = jnp.sum(mask)
   if axis_name is not None:
@@ -255,7 +256,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   p_train = par.compile(functools.partial(train_step, model=model, objective=objective, tx=tx,
                                           schedule=schedule), donate_state=True)
   p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
-  run_eval = lambda: evaluate(p_eval, state, data.eval_batches(config, builder), par, eval_key, "eval")
+  eval_batches = data.EvalBatches(config, builder)
+  run_eval = lambda: evaluate(p_eval, state, eval_batches, par, eval_key, "eval")
 
   batches = data.train_batches(config, builder, start_step)
   pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged

@@ -1,6 +1,8 @@
 """Shared test set-up: a private TFDS data directory and small run helpers."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -10,8 +12,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "experiments", "flags")
 
-# Generated datasets go to a per-session directory, never to the user's ~/tensorflow_datasets.
-os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="tfds-"))
+# Generated datasets go to a directory of this test process (each pytest-xdist worker has its
+# own, so workers never race to prepare the same dataset), never to ~/tensorflow_datasets.
+# The CLI subprocesses a test starts inherit it.
+os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix=f"tfds-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

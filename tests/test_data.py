@@ -65,10 +65,13 @@ def test_unshuffled_batches_are_the_paper_order(mnist1d_builder, tfds_dir):
 
 def test_eval_batches_cover_the_split_once_with_a_mask(mnist1d_builder, tfds_dir):
   config = Config(data_dir=tfds_dir, eval_batch_size=300)
-  batches = list(data.eval_batches(config, mnist1d_builder))
+  eval_batches = data.EvalBatches(config, mnist1d_builder)
+  batches = list(eval_batches)
   assert len(batches) == 4 and all(b["x"].shape == (300, 40) for b in batches)
   assert sum(b["mask"].sum() for b in batches) == 1000
   assert batches[-1]["mask"][100:].sum() == 0
+  again = list(eval_batches)  # re-iterable: the same pass again, from the cache
+  assert len(again) == 4 and all(np.array_equal(a["x"], b["x"]) for a, b in zip(batches, again))
 
 
 def test_unknown_dataset_and_split_are_clear_errors(tfds_dir):

@@ -53,6 +53,8 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path):
   run_cli(*RUN, f"--workdir={reference}")
   ref_step, ref_params = _params(reference)
   assert ref_step == 600
+  # Periodic saves every 20 steps, the last 3 kept (--keep_checkpoints default).
+  assert checkpoint.Checkpoints(str(reference / "checkpoints")).manager.all_steps() == [560, 580, 600]
 
   # SIGTERM: saves a checkpoint where it is and exits cleanly, mid-way.
   terminated = tmp_path / "sigterm"
