@@ -29,24 +29,6 @@ def default_workdir(config: config_lib.Config, argv: list[str]) -> str:
   return os.path.join("runs", f"{stem}-{stamp}")
 
 
-def write_flagfile(config: config_lib.Config, workdir: str) -> None:
-  """Writes flags.flags, which reproduces the run; warns if a resumed run's flags changed."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, "flags.flags")
-  text = config_lib.to_flagfile(config) + f"--workdir={workdir}\n"
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      old = f.read()
-    if old != text:
-      changed = sorted(set(text.splitlines()) - set(old.splitlines()))
-      print(f"warning: resuming {workdir} with changed flags: {' '.join(changed)}", file=sys.stderr)
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -59,7 +41,6 @@ def main(argv: list[str]) -> None:
   workdir = FLAGS.workdir or default_workdir(config, sys.argv)
 
   from experiments import train  # pylint: disable=g-import-not-at-top  (after flags: imports jax, tf)
-  write_flagfile(config, workdir)
   try:
     train.train_and_evaluate(config, workdir)
   except config_lib.ConfigError as e:  # bad input found once data and devices are known

@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ import optax
 
 import nets
 from experiments import checkpoint, data, logs, optim
+from experiments import config as config_lib
 from experiments.config import Config, ConfigError
 from experiments.parallel import DataParallel
 
@@ -222,6 +224,22 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _write_flagfile(config: Config, workdir: str) -> None:
+  """Writes workdir/flags.flags, which reproduces the run; warns if a resumed run's flags changed."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "flags.flags")
+  text = config_lib.to_flagfile(config) + f"--workdir={workdir}\n"
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      changed = sorted(set(text.splitlines()) - set(f.read().splitlines()))
+    if changed:
+      print(f"warning: resuming {workdir} with changed flags: {' '.join(changed)}", file=sys.stderr)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
@@ -243,7 +261,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
     raise ConfigError(f"--model={config.model}: {e}") from e
   num_params = count_params(state.params)
 
-  os.makedirs(workdir, exist_ok=True)
+  _write_flagfile(config, workdir)  # only once the input is known to be valid
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   log = logs.Logger(workdir, config.steps)
   start_step = ckpts.latest_step() or 0

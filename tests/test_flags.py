@@ -83,6 +83,7 @@ def test_cli_reports_bad_input_without_a_traceback(args, message, tmp_path):
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
+  assert not os.path.exists(tmp_path / "flags.flags")  # nothing written for a rejected run
 
 
 def test_default_run_writes_everything(tmp_path):
