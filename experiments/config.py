@@ -32,7 +32,10 @@ class Config:
   """A run: data, model, objective, optimizer and loop."""
 
   # Data.
-  dataset: str = _field("mnist1d", "TFDS dataset name: one of ours (mnist1d) or any TFDS catalog name.")
+  dataset: str = _field("mnist1d", "TFDS dataset name: one of ours (mnist1d, char_text, numbers_to_words) "
+                        "or any TFDS catalog name.")
+  text_path: str = _field("", "Text file of --dataset=char_text (default: ../shared/data/tinyshakespeare/input.txt "
+                          "beside the repository).")
   data_dir: str = _field("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
   train_split: str = _field("train", "TFDS split to train on.")
   eval_split: str = _field("test", "TFDS split to evaluate on.")
@@ -40,6 +43,9 @@ class Config:
   eval_batch_size: int = _field(1000, "Global evaluation batch size.", lower=1)
   shuffle: bool = _field(True, "Shuffle the training data each epoch (false: take it in order).")
   shuffle_buffer: int = _field(50_000, "Shuffle buffer size in examples.", lower=1)
+  block_size: int = _field(256, "Text datasets: tokens per training window (the model's context).", lower=1)
+  eval_batches: int = _field(20, "Text datasets: random evaluation windows per evaluation, in batches of "
+                             "--eval_batch_size.", lower=1)
   # Model.
   model: str = _field("cnn", "Model name in the nets registry.", choices=tuple(nets.names()))
   model_hparams: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})
@@ -47,6 +53,7 @@ class Config:
   objective: str = _field("classification", "What is minimised.",
                           choices=tuple(sorted(nets.objectives.OBJECTIVES)))
   label_smoothing: float = _field(0.0, "Label smoothing for classification.", lower=0.0)
+  mask_rate: float = _field(0.15, "Masked language modelling: fraction of positions to predict.", lower=0.0)
   # Optimizer.
   optimizer: str = _field("adam", "Optax optimizer.", choices=optim.OPTIMIZERS)
   learning_rate: float = _field(1e-2, "Peak learning rate.", lower=0.0)
@@ -59,6 +66,7 @@ class Config:
   eps: float = _field(1e-8, "Adam-family epsilon.", lower=0.0)
   weight_decay: float = _field(0.0, "Weight decay: decoupled for adamw/lamb/lion, an L2 gradient term otherwise.",
                                lower=0.0)
+  decay_weights_only: bool = _field(False, "Decay only weight matrices and embeddings, not biases and norms.")
   grad_clip_norm: float = _field(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
   # Loop.
   steps: int = _field(6000, "Training steps.", lower=1)
@@ -67,6 +75,10 @@ class Config:
   checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
   keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", lower=1)
   seed: int = _field(0, "Seed of parameter initialisation, dropout and data order.")
+  sample_tokens: int = _field(500, "Language models: tokens of text sampled into workdir/samples at each "
+                              "evaluation (0: none).", lower=0)
+  sample_temperature: float = _field(0.8, "Softmax temperature of those samples (0: greedy).", lower=0.0)
+  sample_top_k: int = _field(40, "Sample from the k most likely tokens (0: all).", lower=0)
   parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
   num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
 
@@ -87,6 +99,10 @@ class Config:
         raise ConfigError(f"model {self.model!r} has no hyperparameter {name!r}; it has: {', '.join(known)}")
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
+    if not 0.0 < self.mask_rate < 1.0:
+      raise ConfigError(f"--mask_rate={self.mask_rate!r} must be in (0, 1)")
+    if self.dataset == "char_text" and self.text_path and not os.path.isfile(os.path.expanduser(self.text_path)):
+      raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
       raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
 

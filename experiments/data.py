@@ -1,5 +1,10 @@
 """The input pipeline: any TFDS dataset -> per-process numpy batches.
 
+Supervised datasets give {"x", "y"} batches. Text datasets (a string "text" feature, like
+the catalog's `tiny_shakespeare` and our `char_text`) are held in memory as character ids
+and give random windows of `block_size` tokens, as nanoGPT samples them: "x" a window and
+"y" the same window shifted by one character.
+
 Training batches come from an endless, seeded stream: epoch `e` is the process's shard
 shuffled with a seed derived from (seed, e), and the stream is cut into batches. Batch `i`
 of a run therefore depends only on (seed, i), so a resumed run starts the stream at the
@@ -10,15 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import experiments.datasets  # noqa: F401  (registers our offline builders)
+import experiments.datasets  # registers our offline builders
 from experiments.config import Config, ConfigError
+from experiments.datasets import char_text, numbers_to_words
 
 # Keep TensorFlow off accelerators: JAX owns them.
 tf.config.set_visible_devices([], "GPU")
@@ -30,17 +36,27 @@ def builder(config: Config) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder of `config.dataset`; a clear error if the name is unknown."""
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
   try:
-    b = tfds.builder(config.dataset, data_dir=data_dir)
+    if config.dataset == "char_text":
+      b = char_text.char_text_builder(config.text_path or char_text.DEFAULT_TEXT_PATH, data_dir=data_dir)
+    else:
+      b = tfds.builder(config.dataset, data_dir=data_dir)
+  except FileNotFoundError as e:
+    raise ConfigError(str(e)) from None
   except tfds.core.registered.DatasetNotFoundError as e:
     first_line = str(e).strip().splitlines()[0]
     raise ConfigError(f"unknown dataset --dataset={config.dataset!r} ({first_line}); ours offline: "
                      f"{', '.join(experiments.datasets.OFFLINE_DATASETS)}; or any TFDS catalog name") from None
+  _check_splits(b, config)  # before preparing when the splits are known (catalog datasets)
+  if jax.process_index() == 0:
+    b.download_and_prepare()
+  _check_splits(b, config)
+  return b
+
+
+def _check_splits(b: tfds.core.DatasetBuilder, config: Config) -> None:
   for split in (config.train_split, config.eval_split):
     if b.info.splits and split.split("[")[0] not in b.info.splits:
       raise ConfigError(f"dataset {config.dataset!r} has no split {split!r}; it has {list(b.info.splits)}")
-  if jax.process_index() == 0:
-    b.download_and_prepare()
-  return b
 
 
 def num_classes(b: tfds.core.DatasetBuilder) -> int | None:
@@ -149,3 +165,97 @@ def example_batch(b: tfds.core.DatasetBuilder, config: Config) -> Batch:
   """A batch of one example of the training split, for shapes and initialisation."""
   ds, _ = _read(b, config.train_split)
   return next(ds.take(1).batch(1).as_numpy_iterator())
+
+
+def is_text(b: tfds.core.DatasetBuilder) -> bool:
+  """Whether the dataset is raw text: a string "text" feature and no supervised keys."""
+  return not b.info.supervised_keys and "text" in b.info.features and isinstance(b.info.features["text"], tfds.features.Text)
+
+
+class Tokenizer(NamedTuple):
+  """Text <-> token ids."""
+
+  size: int
+  encode: Callable[[str], np.ndarray]
+  decode: Callable[[Sequence[int]], str]
+
+
+class Text:
+  """A text dataset held in memory: its character vocabulary and each split as token ids.
+
+  The vocabulary is the sorted set of characters over all splits (nanoGPT's: 65 for
+  Tiny Shakespeare); every process holds the whole text and draws its own windows.
+  """
+
+  def __init__(self, b: tfds.core.DatasetBuilder):
+    texts = {}
+    for split in b.info.splits:
+      ds = b.as_dataset(split=split, shuffle_files=False)
+      texts[split] = "".join(ex["text"].decode("utf-8") for ex in tfds.as_numpy(ds))
+    vocab = char_text.vocabulary(texts.values())
+    self.tokenizer = Tokenizer(len(vocab), lambda text: char_text.encode(text, vocab),
+                               lambda ids: char_text.decode(ids, vocab))
+    self.tokens = {split: char_text.encode(text, vocab) for split, text in texts.items()}
+
+  def split(self, name: str, block_size: int) -> np.ndarray:
+    tokens = self.tokens[name]
+    if len(tokens) <= block_size:
+      raise ConfigError(f"split {name!r} has {len(tokens)} characters, too few for --block_size={block_size}")
+    return tokens
+
+
+def tokenizer(b: tfds.core.DatasetBuilder, text: Text | None = None) -> Tokenizer | None:
+  """The dataset's tokenizer, if its examples are token ids (text, numbers_to_words)."""
+  if text is not None:
+    return text.tokenizer
+  if b.name == "numbers_to_words":
+    return Tokenizer(len(numbers_to_words.VOCAB), lambda s: np.asarray(numbers_to_words.encode(s), np.int32),
+                     numbers_to_words.decode)
+  return None
+
+
+def _windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
+  start = rng.integers(0, len(tokens) - block_size, size=batch)[:, None] + np.arange(block_size)
+  return {"x": tokens[start], "y": tokens[start + 1]}
+
+
+def text_batches(config: Config, text: Text, start_step: int = 0) -> Iterator[Batch]:
+  """Endless random windows from the training split; batch i depends only on (seed, process, i)."""
+  tokens = text.split(config.train_split, config.block_size)
+  batch = per_process(config.batch_size)
+  step = start_step
+  while True:
+    yield _windows(tokens, np.random.default_rng([config.seed, jax.process_index(), step]), batch,
+                   config.block_size)
+    step += 1
+
+
+def text_eval_batches(config: Config, text: Text) -> list[Batch]:
+  """`config.eval_batches` fixed random windows of the evaluation split (the same every
+  evaluation and for every seed), with an all-ones `mask`."""
+  tokens = text.split(config.eval_split, config.block_size)
+  batch = per_process(config.eval_batch_size)
+  rng = np.random.default_rng([1234, jax.process_index()])
+  return [{**_windows(tokens, rng, batch, config.block_size), "mask": np.ones(batch, np.float32)}
+          for _ in range(config.eval_batches)]
+
+
+class Source(NamedTuple):
+  """A run's data, once loaded: the builder, the text (text datasets), a one-example batch
+  for shapes, the tokenizer (token datasets) and the number of classes (if labelled)."""
+
+  builder: tfds.core.DatasetBuilder
+  text: Text | None
+  example: Batch
+  tokenizer: Tokenizer | None
+  num_classes: int | None
+
+
+def load(config: Config) -> Source:
+  b = builder(config)
+  text = Text(b) if is_text(b) else None
+  if text is not None:
+    example = {k: v[:1] for k, v in next(text_batches(config, text)).items()}
+  else:
+    example = example_batch(b, config)
+  return Source(b, text, example, tokenizer(b, text), num_classes(b))

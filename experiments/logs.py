@@ -21,9 +21,10 @@ def _fmt_duration(seconds: float) -> str:
 class Logger:
   """Writes metrics from process 0 only; every other process's calls do nothing."""
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, tokens_per_step: int | None = None):
     self.chief = jax.process_index() == 0
     self.total_steps = total_steps
+    self.tokens_per_step = tokens_per_step
     if self.chief:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
@@ -42,14 +43,17 @@ class Logger:
 
   def progress(self, step: int, metrics: Mapping[str, float], rate: float | None,
                eta: float | None) -> None:
-    """Prints one line: step, the objective's training metrics, steps/s and ETA."""
+    """Prints one line: step, the objective's training metrics, steps/s (tokens/s) and ETA."""
     if not self.chief:
       return
     parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"]
     parts += [f"{k[len('train/'):]} {_fmt_value(v)}" for k, v in metrics.items()
               if k.startswith("train/") and k[len("train/"):] not in _NOT_SHOWN]
     if rate:
-      parts += [f"{rate:.1f} steps/s", f"ETA {_fmt_duration(eta)}"]
+      parts.append(f"{rate:.1f} steps/s")
+      if self.tokens_per_step:
+        parts.append(f"{rate * self.tokens_per_step / 1000:.1f}k tok/s")
+      parts.append(f"ETA {_fmt_duration(eta)}")
     print(" | ".join(parts), flush=True)
 
   def info(self, message: str) -> None:
@@ -63,7 +67,8 @@ class Logger:
 
 
 # Logged to metrics.jsonl and TensorBoard, but too many for the progress line.
-_NOT_SHOWN = ("grad_norm", "update_norm", "param_norm", "learning_rate", "cross_entropy")
+_NOT_SHOWN = ("grad_norm", "update_norm", "param_norm", "learning_rate", "cross_entropy", "bits_per_token",
+              "teacher_forced_match")
 
 
 def _fmt_value(v: float) -> str:

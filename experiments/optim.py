@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+import jax
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lamb", "lion")
@@ -34,10 +35,19 @@ def schedule(name: str, learning_rate: float, steps: int, warmup_steps: int = 0,
   raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
 
 
+def weights_only(params: Any) -> Any:
+  """True for the weight matrices and embeddings (Flax's "kernel", "embedding"), False for
+  biases and normalisation scales: the parameters nanoGPT and BERT decay."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) in ("kernel", "embedding"), params)
+
+
 def optimizer(name: str, lr: Callable[[int], float] | float, *, momentum: float = 0.9,
               b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-              grad_clip_norm: float = 0.0) -> optax.GradientTransformation:
-  """An Optax optimizer with optional global-norm clipping and weight decay."""
+              grad_clip_norm: float = 0.0, decay_weights_only: bool = False) -> optax.GradientTransformation:
+  """An Optax optimizer with optional global-norm clipping and weight decay (of every
+  parameter, or with `decay_weights_only` of the weights only)."""
+  mask = weights_only if decay_weights_only else None
   if name == "sgd":
     opt = optax.sgd(lr)
   elif name == "momentum":
@@ -47,20 +57,20 @@ def optimizer(name: str, lr: Callable[[int], float] | float, *, momentum: float 
   elif name == "adam":
     opt = optax.adam(lr, b1=b1, b2=b2, eps=eps)
   elif name == "adamw":
-    opt = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    opt = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   elif name == "rmsprop":
     opt = optax.rmsprop(lr, decay=b2, eps=eps)  # decay is --b2
   elif name == "adagrad":
     opt = optax.adagrad(lr, eps=eps)
   elif name == "lamb":
-    opt = optax.lamb(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    opt = optax.lamb(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   elif name == "lion":
-    opt = optax.lion(lr, b1=b1, b2=b2, weight_decay=weight_decay)
+    opt = optax.lion(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask)
   else:
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
   chain = []
   if grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(grad_clip_norm))
   if weight_decay > 0 and name not in DECOUPLED:
-    chain.append(optax.add_decayed_weights(weight_decay))
+    chain.append(optax.add_decayed_weights(weight_decay, mask))
   return optax.chain(*chain, opt) if chain else opt

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 import nets
-from experiments import checkpoint, data, logs, optim
+from experiments import checkpoint, data, logs, optim, samples
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
 from experiments.parallel import DataParallel
@@ -55,6 +55,10 @@ class _Apply:
     self.rng, self.train = rng, train
     self.new_model_state = model_state
     self._calls = 0
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, **self.model_state}
 
   def __call__(self, *args, **kwargs):
     rng = jax.random.fold_in(self.rng, self._calls)  # distinct randomness per call
@@ -105,7 +109,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
   mask = batch.pop("mask")
   model_rng, objective_rng = jax.random.split(rng)
   apply = _Apply(model, state.params, state.model_state, model_rng, train=False)
-  per_example = objective(apply, batch, objective_rng)
+  per_example = getattr(objective, "evaluate", objective)(apply, batch, objective_rng)
   sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
   sums["count"] = jnp.sum(mask)
   if axis_name is not None:
@@ -113,20 +117,37 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
   return sums
 
 
-def build(config: Config, example: dict[str, np.ndarray], num_classes: int | None):
-  """The model, objective, optimizer and schedule of `config`."""
+def build(config: Config, example: dict[str, np.ndarray], num_classes: int | None = None,
+          vocab_size: int | None = None):
+  """The model, objective, optimizer and schedule of `config`.
+
+  Model hyperparameters the flags leave unset are taken from the data: `num_outputs`
+  (classes or regression targets), `vocab_size` (plus the objective's extra tokens, e.g.
+  BERT's mask token) and `max_len` (the longest sequence of the example batch).
+  """
+  objective = nets.objectives.create(config.objective, label_smoothing=config.label_smoothing,
+                                     mask_rate=config.mask_rate, vocab_size=vocab_size or 0)
   hparams = dict(config.model_hparams)
-  if "num_outputs" in nets.hparams(config.model) and "num_outputs" not in hparams:
+  fields = nets.hparams(config.model)
+  if "num_outputs" in fields and "num_outputs" not in hparams:
     if config.objective == "classification" and num_classes:
       hparams["num_outputs"] = num_classes
     elif config.objective == "regression":
       hparams["num_outputs"] = int(np.prod(example["y"].shape[1:]))
+  if "vocab_size" in fields and "vocab_size" not in hparams:
+    if not vocab_size:
+      raise ConfigError(f"--model={config.model} reads token ids, but --dataset={config.dataset} has no "
+                        f"vocabulary; set --{config.model}.vocab_size")
+    hparams["vocab_size"] = vocab_size + getattr(objective, "extra_tokens", 0)
+  if "max_len" in fields and not hparams.get("max_len"):
+    hparams["max_len"] = max((v.shape[1] for k, v in example.items() if k in ("x", "y") and v.ndim >= 2),
+                             default=0)
   model = nets.create(config.model, **hparams)
-  objective = nets.objectives.create(config.objective, label_smoothing=config.label_smoothing)
   schedule = optim.schedule(config.schedule, config.learning_rate, config.steps, config.warmup_steps,
                             config.min_learning_rate)
   tx = optim.optimizer(config.optimizer, schedule, momentum=config.momentum, b1=config.b1, b2=config.b2,
-                       eps=config.eps, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
+                       eps=config.eps, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm,
+                       decay_weights_only=config.decay_weights_only)
   return model, objective, tx, schedule
 
 
@@ -250,12 +271,13 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   par = DataParallel(config.parallel, config.num_devices)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
-  builder = data.builder(config)
-  example = data.example_batch(builder, config)
+  source = data.load(config)
+  text, example, tokenizer = source.text, source.example, source.tokenizer
   key = jax.random.key(config.seed)
   init_key, step_key, eval_key = jax.random.split(key, 3)
   try:  # invalid model hyperparameters surface when the model is first built
-    model, objective, tx, schedule = build(config, example, data.num_classes(builder))
+    model, objective, tx, schedule = build(config, example, source.num_classes,
+                                           tokenizer.size if tokenizer else None)
     state = init_state(model, tx, example, init_key, par.replicated)
   except ValueError as e:
     raise ConfigError(f"--model={config.model}: {e}") from e
@@ -263,7 +285,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
 
   _write_flagfile(config, workdir)  # only once the input is known to be valid
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  log = logs.Logger(workdir, config.steps)
+  tokens_per_step = config.batch_size * config.block_size if text is not None else None
+  log = logs.Logger(workdir, config.steps, tokens_per_step)
   start_step = ckpts.latest_step() or 0
   if start_step:
     state = ckpts.restore(state)
@@ -274,10 +297,19 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   p_train = par.compile(functools.partial(train_step, model=model, objective=objective, tx=tx,
                                           schedule=schedule), donate_state=True)
   p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
-  eval_batches = data.EvalBatches(config, builder)
-  run_eval = lambda: evaluate(p_eval, state, eval_batches, par, eval_key, "eval")
+  if text is not None:
+    eval_batches = data.text_eval_batches(config, text)
+    batches = data.text_batches(config, text, start_step)
+  else:
+    eval_batches = data.EvalBatches(config, source.builder)
+    batches = data.train_batches(config, source.builder, start_step)
+  write_samples = samples.writer(config, model, tokenizer, eval_batches, workdir)
 
-  batches = data.train_batches(config, builder, start_step)
+  def run_eval(step: int) -> dict[str, float]:
+    if write_samples:
+      write_samples(state, step)
+    return evaluate(p_eval, state, eval_batches, par, eval_key, "eval")
+
   pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
   last_good = start_step
 
@@ -315,7 +347,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
             log.write(step, {**means, **({"train/steps_per_sec": rate} if rate else {})})
         with clock.paused():  # evaluation and checkpoints do not count as training time
           if should_eval and not done:
-            log.write(step, run_eval())
+            log.write(step, run_eval(step))
           if should_save or sigterm.raised:
             ckpts.save(step, state)
             last_good = step
@@ -329,7 +361,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       log.close()
       raise
 
-  final = run_eval()
+  final = run_eval(step)
   log.write(step, final)
   ckpts.close()
   summary = {
@@ -340,6 +372,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       "first_step_s": clock.first_step_s,  # compilation included
       "train_steps_per_sec": clock.steps_per_sec(step),
   }
+  if tokens_per_step:
+    summary["train_tokens_per_sec"] = summary["train_steps_per_sec"] * tokens_per_step
   if jax.process_index() == 0:
     logs.write_json(os.path.join(workdir, "summary.json"), summary)
   log.info("Final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"

@@ -7,10 +7,10 @@
 This package imports neither absl nor TensorFlow.
 """
 
-from nets import activations, objectives
+from nets import activations, decoding, objectives
 from nets.registry import create, get, hparams, names, register
 
 # Importing a family's module registers its models.
-from nets import cnn, mlp, rnn  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from nets import cnn, mlp, rnn, transformer  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 
-__all__ = ["activations", "objectives", "create", "get", "hparams", "names", "register"]
+__all__ = ["activations", "decoding", "objectives", "create", "get", "hparams", "names", "register"]

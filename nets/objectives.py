@@ -6,16 +6,23 @@ and `batch` is a dict of arrays with a leading batch axis. It returns a dict of
 per-example arrays of shape (batch,): the entry "loss" is the quantity whose batch mean is
 minimised; every entry is averaged over the examples for reporting. Returning per-example
 values lets the caller mask padded examples and average exactly across devices.
+
+An objective may also define `evaluate(apply, batch, rng)`, used instead of `__call__`
+for evaluation (e.g. to decode). `apply.model` and `apply.variables` give it the bound
+module and its variables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from nets import decoding
 
 Batch = dict[str, jax.Array]
 Apply = Callable[..., Any]
@@ -64,9 +71,105 @@ class Regression:
     return {"loss": mse, "mse": mse, "mae": jnp.mean(jnp.abs(err), axis=-1)}
 
 
+def _token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy (float32) and whether the argmax is the target."""
+  logits = logits.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return ce, (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+  """Next-token cross-entropy: `batch["x"]` tokens [B, T], `batch["y"]` the same shifted by one.
+
+  Per example: the mean over its T tokens (in nats), the same in bits, and next-token accuracy.
+  """
+
+  def __call__(self, apply: Apply, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    del rng
+    ce, correct = _token_cross_entropy(apply(batch["x"]), batch["y"])
+    loss = jnp.mean(ce, axis=-1)
+    return {"loss": loss, "bits_per_token": loss / math.log(2), "accuracy": jnp.mean(correct, axis=-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM:
+  """BERT's masked-token objective on tokens `batch["x"]` [B, T] with ids < `vocab_size`.
+
+  Each sequence gets exactly round(mask_rate * T) (at least 1) positions chosen at random;
+  of those, 80% are replaced by the mask token (id `vocab_size`, so the model's vocabulary
+  has `extra_tokens` = 1 more entry), 10% by a random token and 10% kept. The loss is the
+  cross-entropy of the original tokens at the chosen positions, averaged per sequence.
+  """
+
+  vocab_size: int = 0
+  mask_rate: float = 0.15
+  extra_tokens = 1  # the mask token
+
+  def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The model's input and the 0/1 float mask of the chosen positions."""
+    if self.vocab_size < 1:
+      raise ValueError("MaskedLM.vocab_size must be set to the data's vocabulary size")
+    length = tokens.shape[-1]
+    count = max(1, round(self.mask_rate * length))
+    pick_rng, kind_rng, token_rng = jax.random.split(rng, 3)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(pick_rng, tokens.shape), axis=-1), axis=-1)
+    chosen = rank < count
+    kind = jax.random.uniform(kind_rng, tokens.shape)
+    random_tokens = jax.random.randint(token_rng, tokens.shape, 0, self.vocab_size)
+    inputs = jnp.where(chosen & (kind < 0.8), self.vocab_size,
+                       jnp.where(chosen & (kind < 0.9), random_tokens, tokens))
+    return inputs.astype(tokens.dtype), chosen.astype(jnp.float32)
+
+  def __call__(self, apply: Apply, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    tokens = batch["x"]
+    inputs, chosen = self.corrupt(tokens, rng)
+    ce, correct = _token_cross_entropy(apply(inputs), tokens)
+    count = jnp.sum(chosen, axis=-1)
+    loss = jnp.sum(ce * chosen, axis=-1) / count
+    return {"loss": loss, "bits_per_token": loss / math.log(2),
+            "accuracy": jnp.sum(correct * chosen, axis=-1) / count}
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2Seq:
+  """Teacher-forced cross-entropy of target `batch["y"]` [B, T] given source `batch["x"]` [B, S].
+
+  Targets end with `eos_id` and are padded with `pad_id`; the decoder reads `bos_id`
+  followed by the target shifted right. Evaluation adds `exact_match`: greedy decoding
+  (`nets.decoding.greedy_translate`) reproduces the whole target.
+  """
+
+  pad_id: int = 0
+  bos_id: int = 1
+  eos_id: int = 2
+
+  def __call__(self, apply: Apply, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    del rng
+    source, target = batch["x"], batch["y"]
+    bos = jnp.full_like(target[:, :1], self.bos_id)
+    ce, correct = _token_cross_entropy(apply(source, jnp.concatenate([bos, target[:, :-1]], axis=1)), target)
+    valid = (target != self.pad_id).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid, axis=-1), 1.0)
+    return {"loss": jnp.sum(ce * valid, axis=-1) / count,
+            "token_accuracy": jnp.sum(correct * valid, axis=-1) / count,
+            "teacher_forced_match": jnp.all((correct > 0) | (valid == 0), axis=-1).astype(jnp.float32)}
+
+  def evaluate(self, apply: Apply, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+    metrics = self(apply, batch, rng)
+    target = batch["y"]
+    decoded = decoding.greedy_translate(apply.model, apply.variables["params"], batch["x"], target.shape[1],
+                                        self.bos_id, self.eos_id)
+    metrics["exact_match"] = jnp.all(decoded == target, axis=-1).astype(jnp.float32)
+    return metrics
+
+
 OBJECTIVES: dict[str, type] = {
     "classification": Classification,
     "regression": Regression,
+    "lm": LanguageModel,
+    "mlm": MaskedLM,
+    "seq2seq": Seq2Seq,
 }
 
 

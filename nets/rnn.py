@@ -186,3 +186,54 @@ class RNN(nn.Module):
       x = x.mean(axis=1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_outputs, name="head", **initializers.layer_inits(self.weight_init, x.shape[-1]))(x)
+
+
+@register("rnn_lm")
+class RNNLM(nn.Module):
+  """A recurrent language model (char-rnn): tokens [B, T] -> next-token logits [B, T, V].
+
+  Inputs are one-hot (`embed_dim=0`, as in char-rnn) or embedded; `layers` stacked
+  unidirectional cells with dropout between layers and before the head. With
+  `decode=True` each layer's carry is kept in the "cache" collection, so generation feeds
+  one token per call (see `nets.decoding`).
+  """
+
+  vocab_size: int = 0
+  cell: str = "lstm"
+  hidden: int = 128
+  layers: int = 2
+  embed_dim: int = 0
+  dropout: float = 0.0
+  decode: bool = False
+
+  def __post_init__(self):
+    _cell("RNNLM", self.cell)
+    for name in ("hidden", "layers"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"RNNLM.{name} must be positive; got {getattr(self, name)!r}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"RNNLM.dropout must be in [0, 1); got {self.dropout!r}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+    if self.vocab_size < 1:
+      raise ValueError(f"RNNLM.vocab_size must be positive (set from the data); got {self.vocab_size!r}")
+    if self.embed_dim:
+      x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
+    else:
+      x = jax.nn.one_hot(tokens, self.vocab_size)
+    for i in range(self.layers):
+      if i:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      cell = CELLS[self.cell](self.hidden, name=f"cell{i}")
+      layer = nn.RNN(cell, return_carry=True, name=f"layer{i}")
+      if not self.decode:
+        _, x = layer(x)
+        continue
+      carry = self.variable("cache", f"carry{i}", cell.initialize_carry, None, x[:, 0].shape)
+      new_carry, x = layer(x, initial_carry=carry.value)
+      if not self.is_initializing():
+        carry.value = new_carry
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.vocab_size, name="head")(x)

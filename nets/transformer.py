@@ -1,0 +1,391 @@
+"""Transformers: multi-head attention, the pre-LayerNorm block, and three models.
+
+- `gpt`: a decoder-only language model (token + learned position embeddings, causal
+  self-attention, optional weight tying), after GPT-2 / nanoGPT. Its causal attention can
+  be dense or one of the Sparse Transformer patterns (`nets.sparse_attention`).
+- `bert`: a bidirectional encoder with a masked-language-model head or a classification
+  head, with padding masks.
+- `encoder_decoder`: the sequence-to-sequence Transformer (Vaswani et al. 2017), pre-LN.
+
+Every model takes integer tokens. With `decode=True` a model keeps a key/value cache in
+the "cache" collection and consumes a few tokens per call (see `nets.decoding`), so
+generation costs one position per token instead of re-running the whole prefix.
+Initialisation follows GPT-2: N(0, 0.02) weights, zero biases, and the projections back
+into the residual stream scaled by 1/sqrt(2 * layers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nets import sparse_attention
+from nets.registry import register
+
+Array = jax.Array
+_STD = 0.02
+
+
+def _dense(features, use_bias: bool, name: str, std: float = _STD, axis: int = -1) -> nn.DenseGeneral:
+  return nn.DenseGeneral(features, axis=axis, use_bias=use_bias, name=name,
+                         kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dropout: float = 0.0,
+                          dropout_rng: Array | None = None) -> Array:
+  """softmax(q k^T / sqrt(d) masked) v, with dropout on the weights; q, k, v: [B, T, H, D].
+
+  `mask` broadcasts to [B, H, Tq, Tk], True where a query may attend. The softmax runs in
+  float32; a query with no visible key gets zeros.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  peak = jnp.max(logits, axis=-1, keepdims=True)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0)))
+  weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
+  if dropout:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout), 0.0)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention (causal or bidirectional) or cross-attention over `context`.
+
+  Causal self-attention follows `pattern` ("dense", "strided", "fixed"); sparse patterns
+  are computed blocked (cost ~ n sqrt(n)) or as a masked dense product (`sparse_impl`).
+  With `decode=True` (causal self-attention only) keys and values are cached for
+  `max_len` positions and each call appends its tokens.
+  """
+
+  num_heads: int
+  causal: bool = False
+  dropout: float = 0.0
+  use_bias: bool = True
+  out_std: float = _STD
+  pattern: str = "dense"
+  sparse_block: int = 0
+  sparse_local: int = 0
+  sparse_summary: int = 1
+  sparse_impl: str = "blocked"
+  decode: bool = False
+  max_len: int = 0
+
+  def _sparse(self) -> dict[str, Any]:
+    return {"block": self.sparse_block, "local": self.sparse_local or None, "summary": self.sparse_summary}
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None,
+               train: bool = False) -> Array:
+    embed = x.shape[-1]
+    if embed % self.num_heads:
+      raise ValueError(f"embedding size {embed} is not divisible by {self.num_heads} heads")
+    head_dim = embed // self.num_heads
+    if context is None:
+      q, k, v = jnp.moveaxis(_dense((3, self.num_heads, head_dim), self.use_bias, "qkv")(x), -3, 0)
+    else:
+      q = _dense((self.num_heads, head_dim), self.use_bias, "query")(x)
+      k, v = jnp.moveaxis(_dense((2, self.num_heads, head_dim), self.use_bias, "kv")(context), -3, 0)
+    rate = self.dropout if train else 0.0
+
+    if self.decode and context is None:
+      out = self._cached(q, k, v)
+    elif self.causal and context is None and self.pattern != "dense" and not rate:
+      pad = (-x.shape[1]) % self.sparse_block  # blocked attention runs on whole blocks
+      q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
+      out = sparse_attention.attention(q, k, v, self.pattern, impl=self.sparse_impl, **self._sparse())
+      out = out[:, :x.shape[1]]  # causal: the padding at the end changed nothing before it
+    else:
+      if self.causal and context is None:
+        pos = jnp.arange(x.shape[1])
+        causal = sparse_attention.allowed(self.pattern, pos[:, None], pos[None, :], **self._sparse())
+        mask = causal if mask is None else jnp.logical_and(mask, causal)
+      out = dot_product_attention(q, k, v, mask, rate, self.make_rng("dropout") if rate else None)
+    return _dense(embed, self.use_bias, "out", std=self.out_std, axis=(-2, -1))(out)
+
+  def _cached(self, q: Array, k: Array, v: Array) -> Array:
+    """Appends k, v at the cache index and attends over every cached position so far."""
+    if not self.causal:
+      raise ValueError("decode=True needs causal self-attention")
+    batch, length, heads, head_dim = k.shape
+    shape = (batch, self.max_len or length, heads, head_dim)
+    key = self.variable("cache", "key", jnp.zeros, shape, k.dtype)
+    value = self.variable("cache", "value", jnp.zeros, shape, v.dtype)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if self.is_initializing():  # model.init: create the cache, attend as in training
+      pos = jnp.arange(length)
+      return dot_product_attention(q, k, v, sparse_attention.allowed(
+          self.pattern, pos[:, None], pos[None, :], **self._sparse()))
+    i = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k, (0, i, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v, (0, i, 0, 0))
+    index.value = i + length
+    q_pos = i + jnp.arange(length)
+    k_pos = jnp.arange(key.value.shape[1])
+    mask = sparse_attention.allowed(self.pattern, q_pos[:, None], k_pos[None, :], **self._sparse())
+    return dot_product_attention(q, key.value, value.value, mask)
+
+
+class MLP(nn.Module):
+  """Dense(ratio * width) -> GELU -> Dense(width)."""
+
+  ratio: int = 4
+  use_bias: bool = True
+  out_std: float = _STD
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    width = x.shape[-1]
+    x = _dense(self.ratio * width, self.use_bias, "fc")(x)
+    return _dense(width, self.use_bias, "proj", std=self.out_std)(nn.gelu(x, approximate=True))
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm Transformer block: x + attn(LN x) [+ cross-attn(LN x, context)] + MLP(LN x)."""
+
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  use_bias: bool = True
+  num_layers: int = 1  # of the whole stack, for the residual-projection init scale
+  causal: bool = False
+  cross: bool = False
+  attention: dict | None = None  # extra MultiHeadAttention fields (pattern, decode...)
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
+               context_mask: Array | None = None, train: bool = False) -> Array:
+    out_std = _STD / math.sqrt(2 * self.num_layers)
+    drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(h)
+    norm = lambda name: nn.LayerNorm(use_bias=self.use_bias, name=name)
+    h = MultiHeadAttention(self.num_heads, causal=self.causal, dropout=self.dropout, use_bias=self.use_bias,
+                           out_std=out_std, name="attention", **(self.attention or {}))(
+                               norm("ln_attention")(x), mask=mask, train=train)
+    x = x + drop(h)
+    if self.cross:
+      h = MultiHeadAttention(self.num_heads, dropout=self.dropout, use_bias=self.use_bias, out_std=out_std,
+                             name="cross_attention")(norm("ln_cross")(x), context, context_mask, train)
+      x = x + drop(h)
+    h = MLP(self.mlp_ratio, self.use_bias, out_std, name="mlp")(norm("ln_mlp")(x))
+    return x + drop(h)
+
+
+PATTERNS = sparse_attention.PATTERNS
+IMPLS = ("blocked", "masked")
+
+
+def _check(owner: str, module: nn.Module) -> None:
+  checks = [
+      ("vocab_size", module.vocab_size >= 1, "must be positive (it is set from the data by the trainer)"),
+      ("num_layers", module.num_layers >= 1, "must be positive"),
+      ("num_heads", module.num_heads >= 1, "must be positive"),
+      ("embed_dim", module.embed_dim >= 1 and module.embed_dim % max(module.num_heads, 1) == 0,
+       f"must be a positive multiple of num_heads={module.num_heads}"),
+      ("max_len", module.max_len >= 1, "must be positive (the trainer sets it from the data when 0)"),
+      ("dropout", 0.0 <= module.dropout < 1.0, "must be in [0, 1)"),
+  ]
+  for name, ok, why in checks:
+    if not ok:
+      raise ValueError(f"{owner}.{name} {why}; got {getattr(module, name)!r}")
+
+
+class _Embed(nn.Module):
+  """Token plus learned position embeddings; positions continue from the cache in decode mode."""
+
+  vocab_size: int
+  max_len: int
+  embed_dim: int
+  decode: bool = False
+
+  def setup(self):
+    init = nn.initializers.normal(_STD)
+    self.tokens = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=init, name="tokens")
+    self.positions = nn.Embed(self.max_len, self.embed_dim, embedding_init=init, name="positions")
+    if self.decode:
+      self.position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+
+  def __call__(self, tokens: Array) -> Array:
+    length = tokens.shape[1]
+    start = 0
+    if self.decode:
+      start = self.position.value
+      if not self.is_initializing():
+        self.position.value = start + length
+    elif length > self.max_len:
+      raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
+    return self.tokens(tokens) + self.positions(start + jnp.arange(length))[None]
+
+  def attend(self, x: Array) -> Array:
+    return self.tokens.attend(x)
+
+
+@register("gpt")
+class GPT(nn.Module):
+  """Decoder-only Transformer language model: tokens [B, T] -> next-token logits [B, T, V].
+
+  `attention` picks the causal pattern: "dense", or the Sparse Transformer's "strided"
+  (stride `sparse_block`, local window `sparse_local`, default the stride) or "fixed"
+  (blocks of `sparse_block`, the last `sparse_summary` positions of each earlier block
+  visible); `sparse_impl` computes it "blocked" (n sqrt(n)) or "masked" (dense with a mask).
+  """
+
+  vocab_size: int = 0
+  max_len: int = 0
+  num_layers: int = 4
+  num_heads: int = 4
+  embed_dim: int = 128
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  attention: str = "dense"
+  sparse_block: int = 0
+  sparse_local: int = 0
+  sparse_summary: int = 1
+  sparse_impl: str = "blocked"
+  decode: bool = False
+
+  def __post_init__(self):
+    if self.vocab_size and self.max_len:  # 0 until the trainer fills them from the data
+      _check("GPT", self)
+    if self.attention not in PATTERNS:
+      raise ValueError(f"GPT.attention must be one of {', '.join(PATTERNS)}; got {self.attention!r}")
+    if self.sparse_impl not in IMPLS:
+      raise ValueError(f"GPT.sparse_impl must be one of {', '.join(IMPLS)}; got {self.sparse_impl!r}")
+    if self.attention != "dense" and self.sparse_block < 1:
+      raise ValueError(f"GPT.sparse_block must be positive for attention={self.attention!r}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, tokens: Array, train: bool = False) -> Array:
+    _check("GPT", self)
+    embed = _Embed(self.vocab_size, self.max_len, self.embed_dim, self.decode, name="embed")
+    x = nn.Dropout(self.dropout, deterministic=not train)(embed(tokens))
+    attention = {"pattern": self.attention, "sparse_block": self.sparse_block, "sparse_local": self.sparse_local,
+                 "sparse_summary": self.sparse_summary, "sparse_impl": self.sparse_impl,
+                 "decode": self.decode, "max_len": self.max_len}
+    for i in range(self.num_layers):
+      x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers, causal=True,
+                attention=attention, name=f"block{i}")(x, train=train)
+    x = nn.LayerNorm(use_bias=self.use_bias, name="ln_final")(x)
+    if self.tie_embeddings:
+      return embed.attend(x)
+    return _dense(self.vocab_size, False, "head")(x)
+
+
+@register("bert")
+class BERT(nn.Module):
+  """Bidirectional Transformer encoder: tokens [B, T] -> MLM logits [B, T, V] or class logits.
+
+  `head="mlm"`: a BERT-style transform (Dense, GELU, LayerNorm) and the output projection
+  tied to the token embeddings plus a bias. `head="classify"`: mean of the unpadded
+  positions' final states -> Dense(num_outputs). Tokens equal to `pad_id` (if >= 0) are
+  masked out of attention.
+  """
+
+  vocab_size: int = 0
+  max_len: int = 0
+  num_layers: int = 4
+  num_heads: int = 4
+  embed_dim: int = 128
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  use_bias: bool = True
+  head: str = "mlm"
+  num_outputs: int = 2
+  pad_id: int = -1
+
+  def __post_init__(self):
+    if self.vocab_size and self.max_len:
+      _check("BERT", self)
+    if self.head not in ("mlm", "classify"):
+      raise ValueError(f"BERT.head must be mlm or classify; got {self.head!r}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, tokens: Array, train: bool = False) -> Array:
+    _check("BERT", self)
+    valid = tokens != self.pad_id if self.pad_id >= 0 else jnp.ones(tokens.shape, bool)
+    embed = _Embed(self.vocab_size, self.max_len, self.embed_dim, name="embed")
+    x = nn.Dropout(self.dropout, deterministic=not train)(embed(tokens))
+    mask = valid[:, None, None, :]  # [B, 1, 1, Tk]: no query attends padding
+    for i in range(self.num_layers):
+      x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers,
+                name=f"block{i}")(x, mask=mask, train=train)
+    x = nn.LayerNorm(use_bias=self.use_bias, name="ln_final")(x)
+    if self.head == "classify":
+      w = valid[..., None].astype(x.dtype)
+      pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+      return _dense(self.num_outputs, True, "classifier")(pooled)
+    x = nn.gelu(_dense(self.embed_dim, True, "mlm_transform")(x), approximate=True)
+    x = nn.LayerNorm(use_bias=self.use_bias, name="mlm_norm")(x)
+    bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,))
+    return embed.attend(x) + bias
+
+
+@register("encoder_decoder")
+class EncoderDecoder(nn.Module):
+  """Sequence-to-sequence Transformer over one shared vocabulary with padding id `pad_id`.
+
+  `__call__(source [B, S], target_in [B, T])` -> logits [B, T, V] for the next target
+  token (teacher forcing); `encode` and `decode` are its two halves, used by greedy and
+  sampled decoding in `nets.decoding`. With `target_in=None` (initialisation) the
+  decoder reads one position.
+  """
+
+  vocab_size: int = 0
+  max_len: int = 0
+  num_layers: int = 3
+  num_decoder_layers: int = 3
+  num_heads: int = 4
+  embed_dim: int = 128
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  use_bias: bool = True
+  pad_id: int = 0
+  decode: bool = False
+
+  def __post_init__(self):
+    if self.vocab_size and self.max_len:
+      _check("EncoderDecoder", self)
+    if self.num_decoder_layers < 1:
+      raise ValueError(f"EncoderDecoder.num_decoder_layers must be positive; got {self.num_decoder_layers!r}")
+    super().__post_init__()
+
+  def setup(self):
+    _check("EncoderDecoder", self)
+    self.source_embed = _Embed(self.vocab_size, self.max_len, self.embed_dim, name="source_embed")
+    self.target_embed = _Embed(self.vocab_size, self.max_len, self.embed_dim, self.decode, name="target_embed")
+    self.encoder = [Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers,
+                          name=f"encoder{i}") for i in range(self.num_layers)]
+    self.encoder_norm = nn.LayerNorm(use_bias=self.use_bias)
+    attention = {"decode": self.decode, "max_len": self.max_len}
+    self.decoder = [Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_decoder_layers,
+                          causal=True, cross=True, attention=attention, name=f"decoder{i}")
+                    for i in range(self.num_decoder_layers)]
+    self.decoder_norm = nn.LayerNorm(use_bias=self.use_bias)
+    self.dropout_layer = nn.Dropout(self.dropout)
+
+  def encode(self, source: Array, train: bool = False) -> Array:
+    mask = (source != self.pad_id)[:, None, None, :]
+    x = self.dropout_layer(self.source_embed(source), deterministic=not train)
+    for block in self.encoder:
+      x = block(x, mask=mask, train=train)
+    return self.encoder_norm(x)
+
+  def decode_tokens(self, encoded: Array, source: Array, target_in: Array, train: bool = False) -> Array:
+    context_mask = (source != self.pad_id)[:, None, None, :]
+    x = self.dropout_layer(self.target_embed(target_in), deterministic=not train)
+    for block in self.decoder:
+      x = block(x, context=encoded, context_mask=context_mask, train=train)
+    return self.target_embed.attend(self.decoder_norm(x))
+
+  def __call__(self, source: Array, target_in: Array | None = None, train: bool = False) -> Array:
+    if target_in is None:
+      target_in = jnp.zeros((source.shape[0], 1), jnp.int32)
+    return self.decode_tokens(self.encode(source, train), source, target_in, train)
