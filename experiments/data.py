@@ -185,11 +185,12 @@ class Text:
 
   The vocabulary is the sorted set of characters over all splits (nanoGPT's: 65 for
   Tiny Shakespeare); every process holds the whole text and draws its own windows.
+  `splits` are read when the builder does not list its splits (e.g. under mock data).
   """
 
-  def __init__(self, b: tfds.core.DatasetBuilder):
+  def __init__(self, b: tfds.core.DatasetBuilder, splits: Sequence[str] = ()):
     texts = {}
-    for split in b.info.splits:
+    for split in list(b.info.splits) or splits:  # every split when they are known
       ds = b.as_dataset(split=split, shuffle_files=False)
       texts[split] = "".join(ex["text"].decode("utf-8") for ex in tfds.as_numpy(ds))
     vocab = char_text.vocabulary(texts.values())
@@ -253,7 +254,7 @@ class Source(NamedTuple):
 
 def load(config: Config) -> Source:
   b = builder(config)
-  text = Text(b) if is_text(b) else None
+  text = Text(b, (config.train_split, config.eval_split)) if is_text(b) else None
   if text is not None:
     example = {k: v[:1] for k, v in next(text_batches(config, text)).items()}
   else:

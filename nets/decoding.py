@@ -70,7 +70,7 @@ def sample(model: nn.Module, params: Any, prompt: Array, num_tokens: int, rng: A
     token = choose(last, jax.random.fold_in(rng, i), temperature, top_k)
     end = length + i + 1  # tokens so far, the new one included
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, end - 1))
-    if not window:
+    if not window or length + num_tokens <= window:  # everything fits in the cache
       last, cache = run(cache, token[:, None])
       return tokens, last, cache, filled + 1
     refill = lambda: run(empty, jax.lax.dynamic_slice(tokens, (0, end - keep), (batch, keep)))

@@ -10,7 +10,7 @@
 Every model takes integer tokens. With `decode=True` a model keeps a key/value cache in
 the "cache" collection and consumes a few tokens per call (see `nets.decoding`), so
 generation costs one position per token instead of re-running the whole prefix.
-Initialisation follows GPT-2: N(0, 0.02) weights, zero biases, and the projections back
+GELU is exact and LayerNorm's epsilon 1e-5, as in nanoGPT. Initialisation follows GPT-2: N(0, 0.02) weights, zero biases, and the projections back
 into the residual stream scaled by 1/sqrt(2 * layers).
 """
 
@@ -28,6 +28,7 @@ from nets.registry import register
 
 Array = jax.Array
 _STD = 0.02
+_LN_EPS = 1e-5  # PyTorch's, as in GPT-2 and BERT
 
 
 def _dense(features, use_bias: bool, name: str, std: float = _STD, axis: int = -1) -> nn.DenseGeneral:
@@ -142,7 +143,7 @@ class MLP(nn.Module):
   def __call__(self, x: Array) -> Array:
     width = x.shape[-1]
     x = _dense(self.ratio * width, self.use_bias, "fc")(x)
-    return _dense(width, self.use_bias, "proj", std=self.out_std)(nn.gelu(x, approximate=True))
+    return _dense(width, self.use_bias, "proj", std=self.out_std)(nn.gelu(x, approximate=False))
 
 
 class Block(nn.Module):
@@ -162,7 +163,7 @@ class Block(nn.Module):
                context_mask: Array | None = None, train: bool = False) -> Array:
     out_std = _STD / math.sqrt(2 * self.num_layers)
     drop = lambda h: nn.Dropout(self.dropout, deterministic=not train)(h)
-    norm = lambda name: nn.LayerNorm(use_bias=self.use_bias, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias, name=name)
     h = MultiHeadAttention(self.num_heads, causal=self.causal, dropout=self.dropout, use_bias=self.use_bias,
                            out_std=out_std, name="attention", **(self.attention or {}))(
                                norm("ln_attention")(x), mask=mask, train=train)
@@ -272,7 +273,7 @@ class GPT(nn.Module):
     for i in range(self.num_layers):
       x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers, causal=True,
                 attention=attention, name=f"block{i}")(x, train=train)
-    x = nn.LayerNorm(use_bias=self.use_bias, name="ln_final")(x)
+    x = nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias, name="ln_final")(x)
     if self.tie_embeddings:
       return embed.attend(x)
     return _dense(self.vocab_size, False, "head")(x)
@@ -317,13 +318,13 @@ class BERT(nn.Module):
     for i in range(self.num_layers):
       x = Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers,
                 name=f"block{i}")(x, mask=mask, train=train)
-    x = nn.LayerNorm(use_bias=self.use_bias, name="ln_final")(x)
+    x = nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias, name="ln_final")(x)
     if self.head == "classify":
       w = valid[..., None].astype(x.dtype)
       pooled = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
       return _dense(self.num_outputs, True, "classifier")(pooled)
-    x = nn.gelu(_dense(self.embed_dim, True, "mlm_transform")(x), approximate=True)
-    x = nn.LayerNorm(use_bias=self.use_bias, name="mlm_norm")(x)
+    x = nn.gelu(_dense(self.embed_dim, True, "mlm_transform")(x), approximate=False)
+    x = nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias, name="mlm_norm")(x)
     bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,))
     return embed.attend(x) + bias
 
@@ -363,12 +364,12 @@ class EncoderDecoder(nn.Module):
     self.target_embed = _Embed(self.vocab_size, self.max_len, self.embed_dim, self.decode, name="target_embed")
     self.encoder = [Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers,
                           name=f"encoder{i}") for i in range(self.num_layers)]
-    self.encoder_norm = nn.LayerNorm(use_bias=self.use_bias)
+    self.encoder_norm = nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias)
     attention = {"decode": self.decode, "max_len": self.max_len}
     self.decoder = [Block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_decoder_layers,
                           causal=True, cross=True, attention=attention, name=f"decoder{i}")
                     for i in range(self.num_decoder_layers)]
-    self.decoder_norm = nn.LayerNorm(use_bias=self.use_bias)
+    self.decoder_norm = nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias)
     self.dropout_layer = nn.Dropout(self.dropout)
 
   def encode(self, source: Array, train: bool = False) -> Array:

@@ -11,7 +11,13 @@ from conftest import FLAGS_DIR, ROOT, run_cli
 from experiments import config as config_lib
 
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
-TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0", "--eval_batch_size=500"]
+TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0",
+        "--eval_batch_size=100", "--eval_batches=1", "--sample_tokens=20"]
+# Same models, smaller batches, where the file's own would be slow on 2 CPU cores.
+SMALLER = {
+    "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4"],
+    "numbers_to_words_transformer.flags": ["--eval_split=test[:100]"],
+}
 
 
 def parse(*args: str) -> config_lib.Config:
@@ -43,7 +49,7 @@ def test_resolved_flagfile_reproduces_the_config(tmp_path):
 @pytest.mark.parametrize("path", FLAG_FILES, ids=os.path.basename)
 def test_every_flag_file_runs_two_steps(path, tmp_path):
   from experiments import train
-  config = parse(f"--flagfile={path}", *TINY)
+  config = parse(f"--flagfile={path}", *TINY, *SMALLER.get(os.path.basename(path), []))
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 2
   assert all(v == v for v in summary.values())  # no NaN
@@ -60,6 +66,9 @@ def test_every_flag_file_runs_two_steps(path, tmp_path):
     (["--model=cnn", "--cnn.features=4,x"], "comma-separated list of int"),
     (["--warmup_steps=10", "--steps=5"], "warmup_steps"),
     (["--data_dir=/no/such/dir"], "does not exist"),
+    (["--dataset=char_text", "--text_path=/no/such/input.txt"], "--text_path"),
+    (["--mask_rate=0"], "mask_rate"),
+    (["--model=gpt", "--gpt.attention=sparse"], "sparse"),
 ])
 def test_bad_flags_are_rejected(args, message):
   with pytest.raises((config_lib.ConfigError, flags.IllegalFlagValueError)) as e:

@@ -89,11 +89,13 @@ def test_output_shape(name, kwargs, shape):
 
 
 def test_every_model_is_covered_and_has_simple_hparams():
-  assert {c[0] for c in SHAPE_CASES} == set(nets.names())
+  token_models = {"gpt", "bert", "encoder_decoder", "rnn_lm"}  # shapes: tests/test_transformer.py
+  assert {c[0] for c in SHAPE_CASES} | token_models == set(nets.names())
   simple = (int, float, str, bool, tuple[int, ...])
   for name in nets.names():
     fields = nets.hparams(name)
-    assert fields["num_outputs"].default == 10
+    if name not in token_models:
+      assert fields["num_outputs"].default == 10
     for field in fields.values():
       assert field.type in simple, (name, field.name, field.type)
       assert field.default is not dataclasses.MISSING, (name, field.name)

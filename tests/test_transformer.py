@@ -104,11 +104,16 @@ def _reference_continuation(model, params, prompt, num_tokens, rng, window):
   """Sampling by re-running the model over its whole context for every token, with the
   context rule of nets.decoding.sample (refill from max_len // 2 tokens when full) and the
   same random draws."""
+  width = window or prompt.shape[1] + num_tokens
+  # Causal models: padding after the context changes nothing before it, so one compiled
+  # forward pass of fixed width serves every context length.
+  forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))
   rows = []
   for b, row in enumerate(np.asarray(prompt)):
     seq, start = list(row), 0
     for i in range(num_tokens):
-      logits = model.apply({"params": params}, jnp.asarray([seq[start:]]))[:, -1]
+      context = seq[start:]
+      logits = forward(jnp.asarray([context + [0] * (width - len(context))]))[:, len(context) - 1]
       draw = jax.random.categorical(jax.random.fold_in(rng, i), jnp.broadcast_to(
           logits, (len(prompt), logits.shape[-1])))[b]  # the batch's draw for row b
       seq.append(int(draw))
@@ -176,10 +181,11 @@ def test_greedy_translation_equals_full_recomputation():
   source = _tokens((3, 8), seed=4, low=3, high=13).at[:, 6:].set(0)
   params = _init(model, source)
   got = np.asarray(decoding.greedy_translate(model, params, source, 12, bos_id=1, eos_id=2))
+  forward = jax.jit(lambda target: model.apply({"params": params}, source, target))
   target = np.ones((3, 1), np.int32)
-  for _ in range(12):
-    logits = model.apply({"params": params}, source, jnp.asarray(target))
-    target = np.concatenate([target, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
+  for t in range(12):
+    logits = forward(jnp.asarray(np.pad(target, ((0, 0), (0, 12 - target.shape[1])))))  # causal decoder
+    target = np.concatenate([target, np.asarray(jnp.argmax(logits[:, t], -1))[:, None]], axis=1)
   want = target[:, 1:]
   for row in want:  # after EOS the decoder emits padding
     ends = np.flatnonzero(row == 2)

@@ -1,0 +1,92 @@
+"""Language modelling end to end: the text pipeline, the catalog path, samples and the sampling CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import run_cli
+from experiments import data, train
+from experiments.config import Config
+from experiments.datasets import char_text
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(char_text.DEFAULT_TEXT_PATH),
+                                reason="needs the shared Tiny Shakespeare file")
+
+
+@pytest.fixture(scope="module")
+def shakespeare(tfds_dir):
+  config = Config(dataset="char_text", data_dir=tfds_dir, eval_split="validation", block_size=64, batch_size=12,
+                  eval_batch_size=10, eval_batches=3, model="gpt", objective="lm")
+  return config, data.load(config)
+
+
+def test_text_source_is_nanogpts(shakespeare):
+  config, source = shakespeare
+  assert source.tokenizer.size == 65
+  assert len(source.text.tokens["train"]) == 1_003_854 and len(source.text.tokens["validation"]) == 111_540
+  assert source.example["x"].shape == (1, 64) and source.example["x"].dtype == np.int32
+  assert source.tokenizer.decode(source.tokenizer.encode("ROMEO: O, she doth teach")) == "ROMEO: O, she doth teach"
+
+
+def test_text_batches_are_windows_seeded_by_step(shakespeare):
+  config, source = shakespeare
+  train_text = source.tokenizer.decode(source.text.tokens["train"])
+  first = [next(data.text_batches(config, source.text, start_step=s)) for s in range(3)]
+  stream = data.text_batches(config, source.text)
+  for want in first:  # a resumed stream starts where an uninterrupted one would be
+    got = next(stream)
+    np.testing.assert_array_equal(got["x"], want["x"])
+  batch = first[0]
+  assert batch["x"].shape == batch["y"].shape == (12, 64)
+  np.testing.assert_array_equal(batch["x"][:, 1:], batch["y"][:, :-1])  # y is x shifted by one
+  for row_x, row_y in zip(batch["x"], batch["y"]):
+    window = source.tokenizer.decode(list(row_x) + [row_y[-1]])
+    assert window in train_text
+  other = next(data.text_batches(config.replace(seed=1), source.text))
+  assert not np.array_equal(other["x"], batch["x"])
+
+
+def test_text_eval_batches_are_fixed(shakespeare):
+  config, source = shakespeare
+  a = data.text_eval_batches(config, source.text)
+  b = data.text_eval_batches(config.replace(seed=5), source.text)
+  assert len(a) == 3 and a[0]["x"].shape == (10, 64) and a[0]["mask"].sum() == 10
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["x"], y["x"])
+  validation = source.tokenizer.decode(source.text.tokens["validation"])
+  assert source.tokenizer.decode(a[0]["x"][0]) in validation
+
+
+def test_catalog_tiny_shakespeare_trains_with_mock_data(tmp_path):
+  config = Config(dataset="tiny_shakespeare", eval_split="validation", model="gpt", objective="lm",
+                  model_hparams={"num_layers": 1, "num_heads": 2, "embed_dim": 16}, block_size=8, batch_size=4,
+                  eval_batch_size=4, eval_batches=2, steps=2, log_every=1, eval_every=0, checkpoint_every=0,
+                  sample_tokens=10)
+  with tfds.testing.mock_data(num_examples=1):
+    summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 2 and np.isfinite(summary["eval/loss"])
+  assert os.path.isfile(tmp_path / "samples" / "step_000002.txt")
+
+
+def test_gpt_run_writes_samples_and_the_cli_samples_from_it(tmp_path):
+  proc = run_cli("--flagfile=experiments/flags/shakespeare_char_gpt_cpu.flags", f"--workdir={tmp_path}",
+                 "--steps=20", "--warmup_steps=5", "--log_every=10", "--eval_every=10", "--eval_batches=2",
+                 "--gpt.num_layers=1", "--sample_tokens=30")
+  assert "tok/s" in proc.stdout
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["train_tokens_per_sec"] > 0 and summary["eval/loss"] < 4.2  # below uniform, log(65)
+  assert abs(summary["eval/bits_per_token"] * np.log(2) - summary["eval/loss"]) < 1e-6
+  for step in (10, 20):
+    assert len((tmp_path / "samples" / f"step_{step:06d}.txt").read_text(encoding="utf-8")) == 30
+  proc = run_cli(f"--workdir={tmp_path}", "--prompt=ROMEO:", "--num_tokens=50", "--seed=1",
+                 module="experiments.sample")
+  text = proc.stdout[:-1]  # the trailing newline
+  assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50
+  again = run_cli(f"--workdir={tmp_path}", "--prompt=ROMEO:", "--num_tokens=50", "--seed=1",
+                  module="experiments.sample")
+  assert again.stdout == proc.stdout  # seeded
+  bad = run_cli(f"--workdir={tmp_path}", "--prompt=ROMEO: \u00e9", module="experiments.sample", check=False)
+  assert bad.returncode != 0 and "--prompt" in bad.stderr and "Traceback" not in bad.stderr
