@@ -97,6 +97,10 @@ class Config:
     for name in self.model_hparams:
       if name not in known:
         raise ConfigError(f"model {self.model!r} has no hyperparameter {name!r}; it has: {', '.join(known)}")
+    try:  # the model's own checks (names, ranges) before any data is read
+      nets.create(self.model, **self.model_hparams)
+    except ValueError as e:
+      raise ConfigError(f"--model={self.model}: {e}") from None
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if not 0.0 < self.mask_rate < 1.0:

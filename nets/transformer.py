@@ -14,7 +14,6 @@ GELU is exact and LayerNorm's epsilon 1e-5, as in nanoGPT. Initialisation follow
 into the residual stream scaled by 1/sqrt(2 * layers).
 """
 
-from __future__ import annotations
 
 import math
 from typing import Any

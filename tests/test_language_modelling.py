@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from conftest import run_cli
 from experiments import data, train
-from experiments.config import Config
+from experiments.config import Config, ConfigError
 from experiments.datasets import char_text
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(char_text.DEFAULT_TEXT_PATH),
@@ -85,8 +85,8 @@ def test_gpt_run_writes_samples_and_the_cli_samples_from_it(tmp_path):
                  module="experiments.sample")
   text = proc.stdout[:-1]  # the trailing newline
   assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50
-  again = run_cli(f"--workdir={tmp_path}", "--prompt=ROMEO:", "--num_tokens=50", "--seed=1",
-                  module="experiments.sample")
-  assert again.stdout == proc.stdout  # seeded
-  bad = run_cli(f"--workdir={tmp_path}", "--prompt=ROMEO: \u00e9", module="experiments.sample", check=False)
-  assert bad.returncode != 0 and "--prompt" in bad.stderr and "Traceback" not in bad.stderr
+  # In process (no second interpreter start-up): seeded, and a clear error for unknown characters.
+  from experiments import sample
+  assert sample.generate(str(tmp_path), "ROMEO:", 50, 0.8, 40, seed=1) == text
+  with pytest.raises(ConfigError, match="--prompt"):
+    sample.generate(str(tmp_path), "ROMEO: \u00e9", 5, 0.8, 40, seed=1)
