@@ -224,15 +224,9 @@ class _Embed(nn.Module):
     return self.tokens.attend(x)
 
 
-@register("gpt")
-class GPT(nn.Module):
-  """Decoder-only Transformer language model: tokens [B, T] -> next-token logits [B, T, V].
-
-  `attention` picks the causal pattern: "dense", or the Sparse Transformer's "strided"
-  (stride `sparse_block`, local window `sparse_local`, default the stride) or "fixed"
-  (blocks of `sparse_block`, the last `sparse_summary` positions of each earlier block
-  visible); `sparse_impl` computes it "blocked" (n sqrt(n)) or "masked" (dense with a mask).
-  """
+class _Transformer(nn.Module):
+  """The hyperparameters every model here shares. `vocab_size` and `max_len` (the longest
+  sequence) are set from the data by the trainer when left at 0."""
 
   vocab_size: int = 0
   max_len: int = 0
@@ -242,6 +236,18 @@ class GPT(nn.Module):
   mlp_ratio: int = 4
   dropout: float = 0.0
   use_bias: bool = True
+
+
+@register("gpt")
+class GPT(_Transformer):
+  """Decoder-only Transformer language model: tokens [B, T] -> next-token logits [B, T, V].
+
+  `attention` picks the causal pattern: "dense", or the Sparse Transformer's "strided"
+  (stride `sparse_block`, local window `sparse_local`, default the stride) or "fixed"
+  (blocks of `sparse_block`, the last `sparse_summary` positions of each earlier block
+  visible); `sparse_impl` computes it "blocked" (n sqrt(n)) or "masked" (dense with a mask).
+  """
+
   tie_embeddings: bool = True
   attention: str = "dense"
   sparse_block: int = 0
@@ -279,7 +285,7 @@ class GPT(nn.Module):
 
 
 @register("bert")
-class BERT(nn.Module):
+class BERT(_Transformer):
   """Bidirectional Transformer encoder: tokens [B, T] -> MLM logits [B, T, V] or class logits.
 
   `head="mlm"`: a BERT-style transform (Dense, GELU, LayerNorm) and the output projection
@@ -288,14 +294,6 @@ class BERT(nn.Module):
   masked out of attention.
   """
 
-  vocab_size: int = 0
-  max_len: int = 0
-  num_layers: int = 4
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_ratio: int = 4
-  dropout: float = 0.0
-  use_bias: bool = True
   head: str = "mlm"
   num_outputs: int = 2
   pad_id: int = -1
@@ -329,24 +327,17 @@ class BERT(nn.Module):
 
 
 @register("encoder_decoder")
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(_Transformer):
   """Sequence-to-sequence Transformer over one shared vocabulary with padding id `pad_id`.
 
   `__call__(source [B, S], target_in [B, T])` -> logits [B, T, V] for the next target
-  token (teacher forcing); `encode` and `decode` are its two halves, used by greedy and
-  sampled decoding in `nets.decoding`. With `target_in=None` (initialisation) the
-  decoder reads one position.
+  token (teacher forcing); `encode` and `decode_tokens` are its two halves, used by
+  greedy decoding in `nets.decoding`. With `target_in=None` (initialisation) the decoder
+  reads one position. `num_layers` counts the encoder's blocks.
   """
 
-  vocab_size: int = 0
-  max_len: int = 0
   num_layers: int = 3
   num_decoder_layers: int = 3
-  num_heads: int = 4
-  embed_dim: int = 128
-  mlp_ratio: int = 4
-  dropout: float = 0.0
-  use_bias: bool = True
   pad_id: int = 0
   decode: bool = False
 
