@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -260,3 +260,17 @@ def load(config: Config) -> Source:
   else:
     example = example_batch(b, config)
   return Source(b, text, example, tokenizer(b, text), num_classes(b))
+
+
+def batches(config: Config, source: Source, start_step: int = 0) -> Iterator[Batch]:
+  """This process's training batches from batch `start_step` on."""
+  if source.text is not None:
+    return text_batches(config, source.text, start_step)
+  return train_batches(config, source.builder, start_step)
+
+
+def eval_batches(config: Config, source: Source) -> Iterable[Batch]:
+  """This process's evaluation batches (re-iterable), with a 0/1 `mask`."""
+  if source.text is not None:
+    return text_eval_batches(config, source.text)
+  return EvalBatches(config, source.builder)

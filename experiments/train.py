@@ -272,7 +272,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
-  text, example, tokenizer = source.text, source.example, source.tokenizer
+  example, tokenizer = source.example, source.tokenizer
   key = jax.random.key(config.seed)
   init_key, step_key, eval_key = jax.random.split(key, 3)
   try:  # invalid model hyperparameters surface when the model is first built
@@ -285,7 +285,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
 
   _write_flagfile(config, workdir)  # only once the input is known to be valid
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  tokens_per_step = config.batch_size * config.block_size if text is not None else None
+  tokens_per_step = config.batch_size * config.block_size if source.text is not None else None
   log = logs.Logger(workdir, config.steps, tokens_per_step)
   start_step = ckpts.latest_step() or 0
   if start_step:
@@ -297,12 +297,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   p_train = par.compile(functools.partial(train_step, model=model, objective=objective, tx=tx,
                                           schedule=schedule), donate_state=True)
   p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
-  if text is not None:
-    eval_batches = data.text_eval_batches(config, text)
-    batches = data.text_batches(config, text, start_step)
-  else:
-    eval_batches = data.EvalBatches(config, source.builder)
-    batches = data.train_batches(config, source.builder, start_step)
+  eval_batches = data.eval_batches(config, source)
+  batches = data.batches(config, source, start_step)
   write_samples = samples.writer(config, model, tokenizer, eval_batches, workdir)
 
   def run_eval(step: int) -> dict[str, float]:

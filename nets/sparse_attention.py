@@ -91,17 +91,23 @@ def _joint_softmax(*logits: jax.Array) -> list[jax.Array]:
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
-                    bias: jax.Array | None = None) -> jax.Array:
-  """Reference attention; `mask` and `bias` broadcast to [batch, heads, q_len, k_len].
+                    bias: jax.Array | None = None, dropout: float = 0.0,
+                    dropout_rng: jax.Array | None = None) -> jax.Array:
+  """Attention with any mask; `mask` and `bias` broadcast to [batch, heads, q_len, k_len].
 
   `mask` is True where a query may attend a key; queries with no such key give zeros.
+  `dropout` > 0 drops attention weights (drawn from `dropout_rng`), as in training.
   """
   logits = _scores("bqhd,bkhd->bhqk", q, k)
   if bias is not None:
     logits = logits + bias
   if mask is not None:
     logits = jnp.where(mask, logits, _MASKED)
-  out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits).astype(v.dtype), v)
+  weights = jax.nn.softmax(logits)
+  if dropout:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout), 0.0)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
   if mask is not None:  # a query with no key gets zeros, not the mean of every value
     has_key = jnp.broadcast_to(jnp.any(mask, axis=-1), logits.shape[:-1])  # [batch, heads, q_len]
     out = jnp.where(jnp.swapaxes(has_key, 1, 2)[..., None], out, 0)

@@ -35,25 +35,6 @@ def _dense(features, use_bias: bool, name: str, std: float = _STD, axis: int = -
                          kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, dropout: float = 0.0,
-                          dropout_rng: Array | None = None) -> Array:
-  """softmax(q k^T / sqrt(d) masked) v, with dropout on the weights; q, k, v: [B, T, H, D].
-
-  `mask` broadcasts to [B, H, Tq, Tk], True where a query may attend. The softmax runs in
-  float32; a query with no visible key gets zeros.
-  """
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-  if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
-  peak = jnp.max(logits, axis=-1, keepdims=True)
-  weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0)))
-  weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
-  if dropout:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout), 0.0)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
-
-
 class MultiHeadAttention(nn.Module):
   """Self-attention (causal or bidirectional) or cross-attention over `context`.
 
@@ -105,7 +86,8 @@ class MultiHeadAttention(nn.Module):
         pos = jnp.arange(x.shape[1])
         causal = sparse_attention.allowed(self.pattern, pos[:, None], pos[None, :], **self._sparse())
         mask = causal if mask is None else jnp.logical_and(mask, causal)
-      out = dot_product_attention(q, k, v, mask, rate, self.make_rng("dropout") if rate else None)
+      out = sparse_attention.dense_attention(q, k, v, mask, dropout=rate,
+                                            dropout_rng=self.make_rng("dropout") if rate else None)
     return _dense(embed, self.use_bias, "out", std=self.out_std, axis=(-2, -1))(out)
 
   def _cached(self, q: Array, k: Array, v: Array) -> Array:
@@ -119,7 +101,7 @@ class MultiHeadAttention(nn.Module):
     index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     if self.is_initializing():  # model.init: create the cache, attend as in training
       pos = jnp.arange(length)
-      return dot_product_attention(q, k, v, sparse_attention.allowed(
+      return sparse_attention.dense_attention(q, k, v, sparse_attention.allowed(
           self.pattern, pos[:, None], pos[None, :], **self._sparse()))
     i = index.value
     key.value = jax.lax.dynamic_update_slice(key.value, k, (0, i, 0, 0))
@@ -128,7 +110,7 @@ class MultiHeadAttention(nn.Module):
     q_pos = i + jnp.arange(length)
     k_pos = jnp.arange(key.value.shape[1])
     mask = sparse_attention.allowed(self.pattern, q_pos[:, None], k_pos[None, :], **self._sparse())
-    return dot_product_attention(q, key.value, value.value, mask)
+    return sparse_attention.dense_attention(q, key.value, value.value, mask)
 
 
 class MLP(nn.Module):
