@@ -15,6 +15,7 @@ TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--c
         "--eval_batch_size=100", "--eval_batches=1", "--sample_tokens=20"]
 # Same models, smaller batches, where the file's own would be slow on 2 CPU cores.
 SMALLER = {
+    "shakespeare_char.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "numbers_to_words_transformer.flags": ["--eval_split=test[:100]"],
 }
