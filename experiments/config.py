@@ -182,6 +182,17 @@ def from_flags(values: flags.FlagValues = flags.FLAGS) -> Config:
   return Config(**kwargs)
 
 
+def from_workdir(workdir: str) -> Config:
+  """The Config a run was trained with, from its workdir/flags.flags."""
+  path = os.path.join(workdir, "flags.flags")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--workdir={workdir!r} has no flags.flags: not a run directory")
+  values = flags.FlagValues()
+  define_flags(values)
+  values(["run", f"--flagfile={path}"])
+  return from_flags(values)
+
+
 def to_flagfile(config: Config) -> str:
   """A flag file that reproduces `config` (every field, model hyperparameters included)."""
   lines = []

@@ -215,7 +215,8 @@ def tokenizer(b: tfds.core.DatasetBuilder, text: Text | None = None) -> Tokenize
   return None
 
 
-def _windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
+def windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
+  """`batch` random windows of `block_size` tokens (x) and the same shifted by one (y)."""
   start = rng.integers(0, len(tokens) - block_size, size=batch)[:, None] + np.arange(block_size)
   return {"x": tokens[start], "y": tokens[start + 1]}
 
@@ -226,7 +227,7 @@ def text_batches(config: Config, text: Text, start_step: int = 0) -> Iterator[Ba
   batch = per_process(config.batch_size)
   step = start_step
   while True:
-    yield _windows(tokens, np.random.default_rng([config.seed, jax.process_index(), step]), batch,
+    yield windows(tokens, np.random.default_rng([config.seed, jax.process_index(), step]), batch,
                    config.block_size)
     step += 1
 
@@ -237,7 +238,7 @@ def text_eval_batches(config: Config, text: Text) -> list[Batch]:
   tokens = text.split(config.eval_split, config.block_size)
   batch = per_process(config.eval_batch_size)
   rng = np.random.default_rng([1234, jax.process_index()])
-  return [{**_windows(tokens, rng, batch, config.block_size), "mask": np.ones(batch, np.float32)}
+  return [{**windows(tokens, rng, batch, config.block_size), "mask": np.ones(batch, np.float32)}
           for _ in range(config.eval_batches)]
 
 

@@ -10,7 +10,6 @@ run's own flags (workdir/flags.flags) rebuild its model and vocabulary.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -27,37 +26,19 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 FLAGS = flags.FLAGS
 
 
-def run_config(workdir: str) -> config_lib.Config:
-  """The Config a run was trained with, from its flags.flags."""
-  path = os.path.join(workdir, "flags.flags")
-  if not os.path.isfile(path):
-    raise config_lib.ConfigError(f"--workdir={workdir!r} has no flags.flags: not a run directory")
-  values = flags.FlagValues()
-  config_lib.define_flags(values)
-  values(["sample", f"--flagfile={path}"])
-  return config_lib.from_flags(values)
-
-
 def generate(workdir: str, prompt: str, num_tokens: int, temperature: float, top_k: int, seed: int,
              step: int | None = None) -> str:
   """The text a run's checkpoint generates from `prompt` (its continuation, or translation)."""
   import jax  # pylint: disable=g-import-not-at-top  (after flag parsing, like experiments.run)
   import numpy as np  # pylint: disable=g-import-not-at-top
   import nets  # pylint: disable=g-import-not-at-top
-  from experiments import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
 
-  config = run_config(workdir)
+  config = config_lib.from_workdir(workdir)
   if config.objective not in ("lm", "seq2seq"):
     raise config_lib.ConfigError(f"the run in {workdir} has --objective={config.objective}; sampling needs a "
                                  "language model (lm) or a sequence-to-sequence model (seq2seq)")
-  source = data.load(config)
-  model, objective, tx, _ = train.build(config, source.example, source.num_classes, source.tokenizer.size)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
-  if ckpts.latest_step() is None:
-    raise config_lib.ConfigError(f"no checkpoint in {ckpts.directory}")
-  like = jax.eval_shape(lambda: train.init_state(model, tx, source.example, jax.random.key(0), None))
-  params = ckpts.restore(like, step).params
-  ckpts.close()
+  _, source, model, objective, params = train.restore(workdir, step)
   try:
     tokens = source.tokenizer.encode(prompt)
   except ValueError as e:

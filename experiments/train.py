@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -162,6 +162,29 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: dict
                       opt_state=tx.init(params))
 
   return jax.jit(init, out_shardings=sharding)(rng)
+
+
+class Restored(NamedTuple):
+  config: Config
+  source: data.Source
+  model: nn.Module
+  objective: nets.objectives.Objective
+  params: Any
+
+
+def restore(workdir: str, step: int | None = None) -> Restored:
+  """A run's config, data, model, objective and parameters (its latest checkpoint, or `step`'s)."""
+  config = config_lib.from_workdir(workdir)
+  source = data.load(config)
+  model, objective, tx, _ = build(config, source.example, source.num_classes,
+                                  source.tokenizer.size if source.tokenizer else None)
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
+  if ckpts.latest_step() is None:
+    raise ConfigError(f"no checkpoint in {ckpts.directory}")
+  like = jax.eval_shape(lambda: init_state(model, tx, source.example, jax.random.key(0), None))
+  params = ckpts.restore(like, step).params
+  ckpts.close()
+  return Restored(config, source, model, objective, params)
 
 
 def count_params(params: Any) -> int:

@@ -1,0 +1,56 @@
+"""How precise is a language model's validation loss? Re-estimate it from a run's checkpoint.
+
+    python -m experiments.eval_spread --workdir=RUN [--windows=240 --draws=50 --seed=99]
+
+Draws `draws` x `windows` fresh random validation windows of the run's block size and prints
+the mean loss over all of them (with its standard error) and the spread of the
+`windows`-window estimates: what a reported loss measured on that many windows (nanoGPT:
+20 batches of 12 = 240) can vary by.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("workdir", None, "A language-model run directory (flags.flags, checkpoints/).", required=True)
+flags.DEFINE_integer("windows", 240, "Windows per estimate.", lower_bound=1)
+flags.DEFINE_integer("draws", 50, "Estimates drawn.", lower_bound=2)
+flags.DEFINE_integer("seed", 99, "Seed of the windows.")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax  # pylint: disable=g-import-not-at-top  (after flag parsing)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from experiments import config as config_lib, data, train  # pylint: disable=g-import-not-at-top
+
+  try:
+    config, source, model, _, params = train.restore(FLAGS.workdir)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  if config.objective != "lm":
+    raise app.UsageError(f"--workdir={FLAGS.workdir} is not a language model (--objective={config.objective})")
+
+  @jax.jit
+  def window_losses(x, y):
+    logits = model.apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(np.float32), y).mean(-1)
+
+  tokens = source.text.split(config.eval_split, config.block_size)
+  rng = np.random.default_rng(FLAGS.seed)
+  estimates, losses = [], []
+  for _ in range(FLAGS.draws):
+    batch = data.windows(tokens, rng, FLAGS.windows, config.block_size)
+    losses.append(np.asarray(window_losses(batch["x"], batch["y"])))
+    estimates.append(losses[-1].mean())
+  losses, estimates = np.concatenate(losses), np.array(estimates)
+  print(f"{FLAGS.workdir}: {len(losses)} windows of {config.block_size}: mean loss {losses.mean():.4f} "
+        f"(standard error {losses.std() / np.sqrt(len(losses)):.4f}); {FLAGS.windows}-window estimates: "
+        f"std {estimates.std(ddof=1):.4f}, range {estimates.min():.4f} to {estimates.max():.4f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
