@@ -50,8 +50,8 @@ def language_model_text(config: Config, model: nn.Module, tokenizer: Tokenizer) 
   return text
 
 
-def writer(config: Config, model: nn.Module, tokenizer: Tokenizer | None, eval_batches: Iterable[Batch],
-           workdir: str) -> Writer | None:
+def writer(config: Config, model: nn.Module, objective: nets.objectives.Objective, tokenizer: Tokenizer | None,
+           eval_batches: Iterable[Batch], workdir: str) -> Writer | None:
   """The samples writer of this run, or None when it has nothing to write."""
   if tokenizer is None:
     return None
@@ -59,7 +59,6 @@ def writer(config: Config, model: nn.Module, tokenizer: Tokenizer | None, eval_b
     text = language_model_text(config, model, tokenizer)
     return lambda state, step: _write(workdir, step, text(state.params, step))
   if config.objective == "seq2seq":
-    objective = nets.objectives.create("seq2seq")
     batch = next(iter(eval_batches))
     source, target = batch["x"][:10], batch["y"][:10]
     translate = jax.jit(functools.partial(nets.decoding.greedy_translate, model, length=target.shape[1],

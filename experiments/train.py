@@ -117,14 +117,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
   return sums
 
 
-def build(config: Config, example: dict[str, np.ndarray], num_classes: int | None = None,
-          vocab_size: int | None = None):
-  """The model, objective, optimizer and schedule of `config`.
+def build(config: Config, source: data.Source):
+  """The model, objective, optimizer and schedule of `config` on the loaded data `source`.
 
   Model hyperparameters the flags leave unset are taken from the data: `num_outputs`
   (classes or regression targets), `vocab_size` (plus the objective's extra tokens, e.g.
   BERT's mask token) and `max_len` (the longest sequence of the example batch).
   """
+  example, num_classes = source.example, source.num_classes
+  vocab_size = source.tokenizer.size if source.tokenizer else None
   objective = nets.objectives.create(config.objective, label_smoothing=config.label_smoothing,
                                      mask_rate=config.mask_rate, vocab_size=vocab_size or 0)
   hparams = dict(config.model_hparams)
@@ -176,8 +177,7 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   """A run's config, data, model, objective and parameters (its latest checkpoint, or `step`'s)."""
   config = config_lib.from_workdir(workdir)
   source = data.load(config)
-  model, objective, tx, _ = build(config, source.example, source.num_classes,
-                                  source.tokenizer.size if source.tokenizer else None)
+  model, objective, tx, _ = build(config, source)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is None:
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
@@ -295,12 +295,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
-  example, tokenizer = source.example, source.tokenizer
+  example = source.example
   key = jax.random.key(config.seed)
   init_key, step_key, eval_key = jax.random.split(key, 3)
   try:  # invalid model hyperparameters surface when the model is first built
-    model, objective, tx, schedule = build(config, example, source.num_classes,
-                                           tokenizer.size if tokenizer else None)
+    model, objective, tx, schedule = build(config, source)
     state = init_state(model, tx, example, init_key, par.replicated)
   except ValueError as e:
     raise ConfigError(f"--model={config.model}: {e}") from e
@@ -322,7 +321,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
   eval_batches = data.eval_batches(config, source)
   batches = data.batches(config, source, start_step)
-  write_samples = samples.writer(config, model, tokenizer, eval_batches, workdir)
+  write_samples = samples.writer(config, model, objective, source.tokenizer, eval_batches, workdir)
 
   def run_eval(step: int) -> dict[str, float]:
     if write_samples:
