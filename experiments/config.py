@@ -54,6 +54,29 @@ class Config:
                           choices=tuple(sorted(nets.objectives.OBJECTIVES)))
   label_smoothing: float = _field(0.0, "Label smoothing for classification.", lower=0.0)
   mask_rate: float = _field(0.15, "Masked language modelling: fraction of positions to predict.", lower=0.0)
+  likelihood: str = _field("bernoulli", "Autoencoders and VAEs: the decoder's likelihood (bernoulli: logits, "
+                           "gaussian: means with a learned scale for the VAE, squared error for the autoencoder).",
+                           choices=("bernoulli", "gaussian"))
+  binarize: bool = _field(False, "Autoencoders and VAEs: binarize inputs on the fly, x ~ Bernoulli(x) "
+                          "(dynamic binarization).")
+  noise_std: float = _field(0.0, "Denoising autoencoder: std of the Gaussian noise added to training inputs.",
+                            lower=0.0)
+  iwae_samples: int = _field(100, "VAE evaluation: importance samples k of the IWAE bound (Burda et al.).",
+                             lower=1)
+  gan_loss: str = _field("non_saturating", "GAN loss.", choices=("non_saturating", "hinge", "wgan_gp"))
+  gp_weight: float = _field(10.0, "WGAN-GP gradient-penalty weight.", lower=0.0)
+  r1_weight: float = _field(0.0, "R1 penalty weight on the discriminator's gradient at real data "
+                            "(Mescheder et al. 2018; 0: off).", lower=0.0)
+  pack: int = _field(1, "PacGAN packing: samples the discriminator judges jointly.", lower=1)
+  diffusion_steps: int = _field(1000, "Diffusion: noising steps T.", lower=1)
+  beta_schedule: str = _field("linear", "Diffusion noise schedule (linear: Ho et al.; cosine: Nichol & Dhariwal).",
+                              choices=("linear", "cosine"))
+  beta_start: float = _field(1e-4, "Diffusion: first beta of the linear schedule.", lower=0.0)
+  beta_end: float = _field(0.02, "Diffusion: last beta of the linear schedule.", lower=0.0)
+  sampler: str = _field("ancestral", "Diffusion sampler: DDPM's ancestral sampling (all steps) or DDIM "
+                        "(--sample_steps).", choices=("ancestral", "ddim"))
+  sample_steps: int = _field(50, "DDIM sampling steps.", lower=1)
+  ddim_eta: float = _field(0.0, "DDIM eta (0: deterministic; 1: DDPM's posterior variance).", lower=0.0)
   # Optimizer.
   optimizer: str = _field("adam", "Optax optimizer.", choices=optim.OPTIMIZERS)
   learning_rate: float = _field(1e-2, "Peak learning rate.", lower=0.0)
@@ -68,6 +91,8 @@ class Config:
                                lower=0.0)
   decay_weights_only: bool = _field(False, "Decay only weight matrices and embeddings, not biases and norms.")
   grad_clip_norm: float = _field(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
+  discriminator_learning_rate: float = _field(0.0, "GANs: the discriminator's peak learning rate (0: "
+                                              "--learning_rate). Each player has its own optimizer.", lower=0.0)
   # Loop.
   steps: int = _field(6000, "Training steps.", lower=1)
   log_every: int = _field(100, "Log training metrics every this many steps.", lower=1)
@@ -75,10 +100,12 @@ class Config:
   checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
   keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", lower=1)
   seed: int = _field(0, "Seed of parameter initialisation, dropout and data order.")
-  sample_tokens: int = _field(500, "Language models: tokens of text sampled into workdir/samples at each "
-                              "evaluation (0: none).", lower=0)
+  sample_tokens: int = _field(500, "Language models: tokens of text (WaveNet: audio samples) generated into "
+                              "workdir/samples at each evaluation (0: none).", lower=0)
   sample_temperature: float = _field(0.8, "Softmax temperature of those samples (0: greedy).", lower=0.0)
   sample_top_k: int = _field(40, "Sample from the k most likely tokens (0: all).", lower=0)
+  num_samples: int = _field(64, "Generative models: samples drawn at each evaluation, written as images or "
+                            "plots (the 2D mixtures are scored on them; the papers use 2,500).", lower=1)
   parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
   num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
 

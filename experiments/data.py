@@ -84,12 +84,25 @@ def _read(b: tfds.core.DatasetBuilder, split: str) -> tuple[tf.data.Dataset, int
                                    process_count=jax.process_count())
   options = tf.data.Options()
   options.deterministic = True
-  ds = b.as_dataset(split=sub, as_supervised=True, shuffle_files=False,
+  supervised = bool(b.info.supervised_keys)
+  ds = b.as_dataset(split=sub, as_supervised=supervised, shuffle_files=False,
                     read_config=tfds.ReadConfig(add_tfds_id=False, options=options))
+  if not supervised:  # unlabelled images (e.g. binarized_mnist): the image, and label 0
+    key = _image_key(b)
+    ds = ds.map(lambda ex: (ex[key], tf.constant(0, tf.int32)))
   n = int(ds.cardinality())
   if n < 0:  # unknown (e.g. mock data): count once
     n = int(ds.reduce(0, lambda count, _: count + 1))
   return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE), n
+
+
+def _image_key(b: tfds.core.DatasetBuilder) -> str:
+  """The image feature of a dataset without supervised keys."""
+  for key, feature in b.info.features.items():
+    if isinstance(feature, tfds.features.Image):
+      return key
+  raise ConfigError(f"dataset {b.name!r} has neither supervised keys nor an image feature; "
+                    f"its features are {list(b.info.features)}")
 
 
 def per_process(global_batch: int) -> int:
@@ -205,6 +218,64 @@ class Text:
     return tokens
 
 
+  def windows(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
+    return windows(self.split(split, block_size), rng, batch, block_size)
+
+
+def _audio_key(b: tfds.core.DatasetBuilder) -> str | None:
+  """The name of the dataset's audio feature, if it has one."""
+  for key, feature in b.info.features.items():
+    if isinstance(feature, tfds.features.Audio):
+      return key
+  return None
+
+
+def is_audio(b: tfds.core.DatasetBuilder) -> bool:
+  return _audio_key(b) is not None
+
+
+class Audio:
+  """An audio dataset held in memory as 8-bit mu-law ids (WaveNet's 256 levels), one array per clip.
+
+  Training and evaluation windows lie inside one clip (never across two); a clip is drawn
+  with probability proportional to the windows it holds. Integer audio is scaled to [-1, 1]
+  by its dtype's range; float audio is taken as it is.
+  """
+
+  def __init__(self, b: tfds.core.DatasetBuilder, splits: Sequence[str] = ()):
+    from nets import wavenet  # pylint: disable=g-import-not-at-top
+    key = _audio_key(b)
+    feature = b.info.features[key]
+    self.sample_rate = int(feature.sample_rate or 16_000)
+    self.levels = 256
+    self.clips: dict[str, list[np.ndarray]] = {}
+    for split in list(b.info.splits) or splits:
+      ds = b.as_dataset(split=split, shuffle_files=False)
+      self.clips[split] = [wavenet.mu_law_encode(_to_float(ex[key]), self.levels).astype(np.int32)
+                           for ex in tfds.as_numpy(ds)]
+    self.tokenizer = Tokenizer(self.levels, lambda audio: wavenet.mu_law_encode(np.asarray(audio), self.levels),
+                               lambda ids: wavenet.mu_law_decode(np.asarray(ids), self.levels))
+
+  def windows(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
+    clips = [c for c in self.clips[split] if len(c) > block_size]
+    if not clips:
+      raise ConfigError(f"split {split!r} has no clip longer than --block_size={block_size} samples")
+    counts = np.array([len(c) - block_size for c in clips], np.float64)
+    which = rng.choice(len(clips), size=batch, p=counts / counts.sum())
+    starts = (rng.random(batch) * counts[which]).astype(np.int64)
+    xs = np.stack([clips[c][s:s + block_size + 1] for c, s in zip(which, starts)])
+    return {"x": xs[:, :-1], "y": xs[:, 1:]}
+
+
+def _to_float(audio: np.ndarray) -> np.ndarray:
+  audio = np.asarray(audio)
+  if audio.ndim > 1:  # several channels: their mean
+    audio = audio.mean(axis=-1)
+  if np.issubdtype(audio.dtype, np.integer):
+    return audio.astype(np.float32) / float(np.iinfo(audio.dtype).max + 1)
+  return audio.astype(np.float32)
+
+
 def tokenizer(b: tfds.core.DatasetBuilder, text: Text | None = None) -> Tokenizer | None:
   """The dataset's tokenizer, if its examples are token ids (text, numbers_to_words)."""
   if text is not None:
@@ -221,57 +292,66 @@ def windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, block_size
   return {"x": tokens[start], "y": tokens[start + 1]}
 
 
-def text_batches(config: Config, text: Text, start_step: int = 0) -> Iterator[Batch]:
-  """Endless random windows from the training split; batch i depends only on (seed, process, i)."""
-  tokens = text.split(config.train_split, config.block_size)
+def text_batches(config: Config, text: Text | Audio, start_step: int = 0) -> Iterator[Batch]:
+  """Endless random windows from the training split (text or audio); batch i depends only
+  on (seed, process, i)."""
   batch = per_process(config.batch_size)
+  text.windows(config.train_split, np.random.default_rng(0), 1, config.block_size)  # fail early
   step = start_step
   while True:
-    yield windows(tokens, np.random.default_rng([config.seed, jax.process_index(), step]), batch,
-                   config.block_size)
+    yield text.windows(config.train_split, np.random.default_rng([config.seed, jax.process_index(), step]),
+                       batch, config.block_size)
     step += 1
 
 
-def text_eval_batches(config: Config, text: Text) -> list[Batch]:
+def text_eval_batches(config: Config, text: Text | Audio) -> list[Batch]:
   """`config.eval_batches` fixed random windows of the evaluation split (the same every
   evaluation and for every seed), with an all-ones `mask`."""
-  tokens = text.split(config.eval_split, config.block_size)
   batch = per_process(config.eval_batch_size)
   rng = np.random.default_rng([1234, jax.process_index()])
-  return [{**windows(tokens, rng, batch, config.block_size), "mask": np.ones(batch, np.float32)}
+  return [{**text.windows(config.eval_split, rng, batch, config.block_size), "mask": np.ones(batch, np.float32)}
           for _ in range(config.eval_batches)]
 
 
 class Source(NamedTuple):
-  """A run's data, once loaded: the builder, the text (text datasets), a one-example batch
-  for shapes, the tokenizer (token datasets) and the number of classes (if labelled)."""
+  """A run's data, once loaded: the builder, the text (text datasets) or audio (audio
+  datasets) held in memory, a one-example batch for shapes, the tokenizer (token datasets)
+  and the number of classes (if labelled)."""
 
   builder: tfds.core.DatasetBuilder
   text: Text | None
   example: Batch
   tokenizer: Tokenizer | None
   num_classes: int | None
+  audio: Audio | None = None
+
+  @property
+  def windows(self) -> Text | Audio | None:
+    """The in-memory sequences that training windows are cut from, if any."""
+    return self.text if self.text is not None else self.audio
 
 
 def load(config: Config) -> Source:
   b = builder(config)
-  text = Text(b, (config.train_split, config.eval_split)) if is_text(b) else None
-  if text is not None:
-    example = {k: v[:1] for k, v in next(text_batches(config, text)).items()}
-  else:
-    example = example_batch(b, config)
-  return Source(b, text, example, tokenizer(b, text), num_classes(b))
+  splits = (config.train_split, config.eval_split)
+  text = Text(b, splits) if is_text(b) else None
+  audio = Audio(b, splits) if text is None and is_audio(b) else None
+  sequences = text if text is not None else audio
+  if sequences is not None:
+    example = {k: v[:1] for k, v in next(text_batches(config, sequences)).items()}
+    return Source(b, text, example, sequences.tokenizer, None, audio)
+  return Source(b, None, example_batch(b, config), tokenizer(b), num_classes(b))
 
 
 def batches(config: Config, source: Source, start_step: int = 0) -> Iterator[Batch]:
   """This process's training batches from batch `start_step` on."""
-  if source.text is not None:
-    return text_batches(config, source.text, start_step)
+  if source.windows is not None:
+    return text_batches(config, source.windows, start_step)
   return train_batches(config, source.builder, start_step)
 
 
 def eval_batches(config: Config, source: Source) -> Iterable[Batch]:
   """This process's evaluation batches (re-iterable), with a 0/1 `mask`."""
-  if source.text is not None:
-    return text_eval_batches(config, source.text)
+  if source.windows is not None:
+    return text_eval_batches(config, source.windows)
   return EvalBatches(config, source.builder)

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
   from experiments import config as config_lib, data, train  # pylint: disable=g-import-not-at-top
 
   try:
-    config, source, model, _, params = train.restore(FLAGS.workdir)
+    config, source, model, _, params, _ = train.restore(FLAGS.workdir)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   if config.objective != "lm":

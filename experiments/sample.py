@@ -38,7 +38,7 @@ def generate(workdir: str, prompt: str, num_tokens: int, temperature: float, top
   if config.objective not in ("lm", "seq2seq"):
     raise config_lib.ConfigError(f"the run in {workdir} has --objective={config.objective}; sampling needs a "
                                  "language model (lm) or a sequence-to-sequence model (seq2seq)")
-  _, source, model, objective, params = train.restore(workdir, step)
+  _, source, model, objective, params, _ = train.restore(workdir, step)
   try:
     tokens = source.tokenizer.encode(prompt)
   except ValueError as e:

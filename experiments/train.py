@@ -10,6 +10,7 @@ per-example loss, updates with Optax and reports batch means. Its randomness is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -30,6 +31,7 @@ from experiments import checkpoint, data, logs, optim, samples
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
 from experiments.parallel import DataParallel
+from nets.apply import Apply
 
 
 @flax.struct.dataclass
@@ -47,31 +49,6 @@ class NonFiniteLoss(RuntimeError):
   """The loss became NaN or infinite."""
 
 
-class _Apply:
-  """Runs `model` with bound variables and randomness; records updated model state."""
-
-  def __init__(self, model: nn.Module, params: Any, model_state: Any, rng: jax.Array, train: bool):
-    self.model, self.params, self.model_state = model, params, model_state
-    self.rng, self.train = rng, train
-    self.new_model_state = model_state
-    self._calls = 0
-
-  @property
-  def variables(self) -> dict[str, Any]:
-    return {"params": self.params, **self.model_state}
-
-  def __call__(self, *args, **kwargs):
-    rng = jax.random.fold_in(self.rng, self._calls)  # distinct randomness per call
-    self._calls += 1
-    variables = {"params": self.params, **self.model_state}
-    if self.train and self.model_state:
-      out, updated = self.model.apply(variables, *args, train=True, rngs={"dropout": rng},
-                                      mutable=list(self.model_state), **kwargs)
-      self.new_model_state = dict(updated)
-      return out
-    return self.model.apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
                schedule: Callable[[Any], Any], axis_name: str | None = None
@@ -83,7 +60,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   model_rng, objective_rng = jax.random.split(rng)
 
   def loss_fn(params):
-    apply = _Apply(model, params, state.model_state, model_rng, train=True)
+    apply = Apply(model, params, state.model_state, model_rng, train=True)
     per_example = objective(apply, batch, objective_rng)
     return jnp.mean(per_example["loss"]), (per_example, apply.new_model_state)
 
@@ -108,7 +85,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
   batch = dict(batch)
   mask = batch.pop("mask")
   model_rng, objective_rng = jax.random.split(rng)
-  apply = _Apply(model, state.params, state.model_state, model_rng, train=False)
+  apply = Apply(model, state.params, state.model_state, model_rng, train=False)
   per_example = getattr(objective, "evaluate", objective)(apply, batch, objective_rng)
   sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
   sums["count"] = jnp.sum(mask)
@@ -122,12 +99,19 @@ def build(config: Config, source: data.Source):
 
   Model hyperparameters the flags leave unset are taken from the data: `num_outputs`
   (classes or regression targets), `vocab_size` (plus the objective's extra tokens, e.g.
-  BERT's mask token) and `max_len` (the longest sequence of the example batch).
+  BERT's mask token), `max_len` (the longest sequence of the example batch), and the data's
+  shape for generative models (`data_shape`, `data_dim`, `image_size`, `channels`). The
+  objective gets the Config fields named like its own fields, and `data_shape`.
+
+  An objective with `param_groups` (a GAN's "generator" and "discriminator") gets one
+  optimizer per group, keyed by the top-level parameter names, in one optimizer state.
   """
   example, num_classes = source.example, source.num_classes
   vocab_size = source.tokenizer.size if source.tokenizer else None
-  objective = nets.objectives.create(config.objective, label_smoothing=config.label_smoothing,
-                                     mask_rate=config.mask_rate, vocab_size=vocab_size or 0)
+  data_shape = tuple(int(d) for d in example["x"].shape[1:])
+  objective = nets.objectives.create(
+      config.objective, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+      vocab_size=vocab_size or 0, data_shape=data_shape)
   hparams = dict(config.model_hparams)
   fields = nets.hparams(config.model)
   if "num_outputs" in fields and "num_outputs" not in hparams:
@@ -143,12 +127,29 @@ def build(config: Config, source: data.Source):
   if "max_len" in fields and not hparams.get("max_len"):
     hparams["max_len"] = max((v.shape[1] for k, v in example.items() if k in ("x", "y") and v.ndim >= 2),
                              default=0)
+  from_data = {"data_shape": data_shape, "data_dim": data_shape[-1] if data_shape else 1}
+  if len(data_shape) == 3:  # images
+    from_data.update(image_size=data_shape[0], channels=data_shape[-1])
+  for name, value in from_data.items():
+    if name in fields and name not in hparams:
+      hparams[name] = value
   model = nets.create(config.model, **hparams)
   schedule = optim.schedule(config.schedule, config.learning_rate, config.steps, config.warmup_steps,
                             config.min_learning_rate)
-  tx = optim.optimizer(config.optimizer, schedule, momentum=config.momentum, b1=config.b1, b2=config.b2,
-                       eps=config.eps, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm,
-                       decay_weights_only=config.decay_weights_only)
+
+  def optimizer(lr):
+    return optim.optimizer(config.optimizer, lr, momentum=config.momentum, b1=config.b1, b2=config.b2,
+                           eps=config.eps, weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm,
+                           decay_weights_only=config.decay_weights_only)
+
+  groups = getattr(objective, "param_groups", ())
+  if groups:
+    d_schedule = optim.schedule(config.schedule, config.discriminator_learning_rate or config.learning_rate,
+                                config.steps, config.warmup_steps, config.min_learning_rate)
+    txs = {g: optimizer(d_schedule if g == "discriminator" else schedule) for g in groups}
+    tx = optax.multi_transform(txs, lambda params: {k: k for k in params})
+  else:
+    tx = optimizer(schedule)
   return model, objective, tx, schedule
 
 
@@ -171,10 +172,12 @@ class Restored(NamedTuple):
   model: nn.Module
   objective: nets.objectives.Objective
   params: Any
+  model_state: Any  # other variables, e.g. batch statistics
 
 
 def restore(workdir: str, step: int | None = None) -> Restored:
-  """A run's config, data, model, objective and parameters (its latest checkpoint, or `step`'s)."""
+  """A run's config, data, model, objective, parameters and other model variables (its latest
+  checkpoint, or `step`'s)."""
   config = config_lib.from_workdir(workdir)
   source = data.load(config)
   model, objective, tx, _ = build(config, source)
@@ -182,9 +185,9 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   if ckpts.latest_step() is None:
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
   like = jax.eval_shape(lambda: init_state(model, tx, source.example, jax.random.key(0), None))
-  params = ckpts.restore(like, step).params
+  state = ckpts.restore(like, step)
   ckpts.close()
-  return Restored(config, source, model, objective, params)
+  return Restored(config, source, model, objective, state.params, state.model_state)
 
 
 def count_params(params: Any) -> int:
@@ -307,7 +310,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
 
   _write_flagfile(config, workdir)  # only once the input is known to be valid
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  tokens_per_step = config.batch_size * config.block_size if source.text is not None else None
+  tokens_per_step = config.batch_size * config.block_size if source.windows is not None else None
   log = logs.Logger(workdir, config.steps, tokens_per_step)
   start_step = ckpts.latest_step() or 0
   if start_step:
@@ -321,12 +324,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
   eval_batches = data.eval_batches(config, source)
   batches = data.batches(config, source, start_step)
-  write_samples = samples.writer(config, model, objective, source.tokenizer, eval_batches, workdir)
+  write_samples = samples.writer(config, model, objective, source, eval_batches, workdir)
 
   def run_eval(step: int) -> dict[str, float]:
-    if write_samples:
-      write_samples(state, step)
-    return evaluate(p_eval, state, eval_batches, par, eval_key, "eval")
+    extra = write_samples(state, step) if write_samples else {}
+    return {**evaluate(p_eval, state, eval_batches, par, eval_key, "eval"),
+            **{f"eval/{k}": float(v) for k, v in extra.items()}}
 
   pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
   last_good = start_step
