@@ -31,6 +31,9 @@ tf.config.set_visible_devices([], "GPU")
 
 Batch = dict[str, np.ndarray]
 
+# Catalog datasets whose uint8 images hold 0/1 values rather than 0..255.
+BINARY_IMAGES = ("binarized_mnist",)
+
 
 def builder(config: Config) -> tfds.core.DatasetBuilder:
   """The prepared TFDS builder of `config.dataset`; a clear error if the name is unknown."""
@@ -89,7 +92,10 @@ def _read(b: tfds.core.DatasetBuilder, split: str) -> tuple[tf.data.Dataset, int
                     read_config=tfds.ReadConfig(add_tfds_id=False, options=options))
   if not supervised:  # unlabelled images (e.g. binarized_mnist): the image, and label 0
     key = _image_key(b)
-    ds = ds.map(lambda ex: (ex[key], tf.constant(0, tf.int32)))
+    if b.name in BINARY_IMAGES:  # stored as 0/1 bytes: keep them 0/1, not /255
+      ds = ds.map(lambda ex: (tf.cast(ex[key] > 0, tf.float32), tf.constant(0, tf.int32)))
+    else:
+      ds = ds.map(lambda ex: (ex[key], tf.constant(0, tf.int32)))
   n = int(ds.cardinality())
   if n < 0:  # unknown (e.g. mock data): count once
     n = int(ds.reduce(0, lambda count, _: count + 1))

@@ -99,8 +99,9 @@ def build(config: Config, source: data.Source):
 
   Model hyperparameters the flags leave unset are taken from the data: `num_outputs`
   (classes or regression targets), `vocab_size` (plus the objective's extra tokens, e.g.
-  BERT's mask token), `max_len` (the longest sequence of the example batch), and the data's
-  shape for generative models (`data_shape`, `data_dim`, `image_size`, `channels`). The
+  BERT's mask token), `max_len` (the longest sequence of the example batch), the data's
+  shape for generative models (`data_shape`, `data_dim`, `image_size`, `channels`) and a
+  GAN discriminator's `pack` (from --pack). The
   objective gets the Config fields named like its own fields, and `data_shape`.
 
   An objective with `param_groups` (a GAN's "generator" and "discriminator") gets one
@@ -127,7 +128,8 @@ def build(config: Config, source: data.Source):
   if "max_len" in fields and not hparams.get("max_len"):
     hparams["max_len"] = max((v.shape[1] for k, v in example.items() if k in ("x", "y") and v.ndim >= 2),
                              default=0)
-  from_data = {"data_shape": data_shape, "data_dim": data_shape[-1] if data_shape else 1}
+  from_data = {"data_shape": data_shape, "data_dim": data_shape[-1] if data_shape else 1,
+               "pack": config.pack}  # PacGAN's discriminator reads --pack samples at once
   if len(data_shape) == 3:  # images
     from_data.update(image_size=data_shape[0], channels=data_shape[-1])
   for name, value in from_data.items():

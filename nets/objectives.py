@@ -164,12 +164,18 @@ class Seq2Seq:
     return metrics
 
 
+# The generative families define their objectives beside their models.
+from nets import autoencoder, gan  # noqa: E402  pylint: disable=g-import-not-at-top
+
 OBJECTIVES: dict[str, type] = {
     "classification": Classification,
     "regression": Regression,
-    "lm": LanguageModel,
+    "lm": LanguageModel,  # also WaveNet's: next mu-law sample
     "mlm": MaskedLM,
     "seq2seq": Seq2Seq,
+    "reconstruction": autoencoder.Reconstruction,
+    "elbo": autoencoder.ELBO,
+    "gan": gan.Adversarial,
 }
 
 
