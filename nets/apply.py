@@ -36,7 +36,7 @@ class Apply:
   def _run(self, params, *args, **kwargs):
     rng = jax.random.fold_in(self.rng, self._calls)  # distinct randomness per call
     self._calls += 1
-    variables = {"params": params, **self.model_state}
+    variables = {"params": params, **self.new_model_state}  # earlier calls' updates (e.g. batch norm) kept
     if self.train and self.model_state:
       out, updated = self.model.apply(variables, *args, train=True, rngs={"dropout": rng},
                                       mutable=list(self.model_state), **kwargs)

@@ -23,6 +23,7 @@ and WGAN-GP (Gulrajani et al. 2017); optionally the R1 penalty (Mescheder et al.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
@@ -178,7 +179,7 @@ class ConvGenerator(nn.Module):
   @nn.compact
   def __call__(self, z: jax.Array, y: jax.Array | None = None, train: bool = False) -> jax.Array:
     start, doublings = _layout(self.image_size)
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)  # noqa: E731
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
     if self.num_classes:
       z = jnp.concatenate([z, nn.Embed(self.num_classes, z.shape[-1], name="label_embedding")(y)], axis=-1)
     width = self.features * 2 ** (doublings - 1)
@@ -347,7 +348,7 @@ class Adversarial:
       g_loss = -g_fake
     else:
       eps = jax.random.uniform(eps_rng, (real.shape[0],) + (1,) * (real.ndim - 1), jnp.float32)
-      interpolates = eps * real + (1.0 - eps) * jax.lax.stop_gradient(real)
+      interpolates = eps * real + (1.0 - eps) * jax.lax.stop_gradient(fake)
       grad = input_gradient(interpolates)
       # A safe norm: finite gradient where the input gradient vanishes.
       out["gradient_penalty"] = (jnp.sqrt(jnp.sum(grad**2, axis=-1) + 1e-12) - 1.0) ** 2

@@ -69,8 +69,10 @@ class CausalConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # like nn.Conv: compute in the wider type
     span = (self.kernel_size - 1) * self.dilation  # past inputs each output needs
     if not self.decode or span == 0:
       return self._conv(x, kernel, span) + bias
@@ -136,7 +138,7 @@ class WaveNet(nn.Module):
   vocab_size: int = 256
   residual_channels: int = 32
   skip_channels: int = 64
-  dilations: tuple = _default_dilations()
+  dilations: tuple[int, ...] = _default_dilations()
   kernel_size: int = 2
   decode: bool = False
 
