@@ -11,6 +11,6 @@ from nets import activations, apply, decoding, objectives
 from nets.registry import create, get, hparams, names, register
 
 # Importing a family's module registers its models.
-from nets import autoencoder, cnn, gan, mlp, rnn, transformer, wavenet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from nets import autoencoder, cnn, diffusion, gan, mlp, rnn, transformer, wavenet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 
 __all__ = ["activations", "decoding", "objectives", "create", "get", "hparams", "names", "register"]

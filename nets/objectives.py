@@ -165,7 +165,7 @@ class Seq2Seq:
 
 
 # The generative families define their objectives beside their models.
-from nets import autoencoder, gan  # noqa: E402  pylint: disable=g-import-not-at-top
+from nets import autoencoder, diffusion, gan  # noqa: E402  pylint: disable=g-import-not-at-top
 
 OBJECTIVES: dict[str, type] = {
     "classification": Classification,
@@ -176,6 +176,7 @@ OBJECTIVES: dict[str, type] = {
     "reconstruction": autoencoder.Reconstruction,
     "elbo": autoencoder.ELBO,
     "gan": gan.Adversarial,
+    "ddpm": diffusion.Diffusion,
 }
 
 
