@@ -18,6 +18,13 @@ SMALLER = {
     "shakespeare_char.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "numbers_to_words_transformer.flags": ["--eval_split=test[:100]"],
+    # Diffusion samples through every step at the final evaluation: fewer steps and samples.
+    "ddpm_ring.flags": ["--diffusion_steps=20", "--num_samples=100"],
+    "ddpm_grid.flags": ["--diffusion_steps=20", "--num_samples=100"],
+    "ddpm_digits.flags": ["--diffusion_steps=20", "--num_samples=4", "--batch_size=8"],
+    "wavenet_tones.flags": ["--block_size=256", "--batch_size=2", "--eval_batch_size=2"],
+    "vae_digits.flags": ["--iwae_samples=10"],
+    "vae_mnist1d.flags": ["--iwae_samples=10"],
 }
 
 
