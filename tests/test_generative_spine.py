@@ -97,41 +97,16 @@ def test_gan_on_the_ring_reports_modes_and_writes_a_scatter_plot(tmp_path):
   assert (tmp_path / "samples" / "step_000003.png").is_file()
 
 
-def test_vae_on_catalog_binarized_mnist_with_mock_data(tmp_path):
-  config = Config(dataset="binarized_mnist", eval_split="test", model="vae", objective="elbo",
-                  model_hparams={"hidden": (16,), "latent_dim": 2}, batch_size=8, eval_batch_size=8,
-                  steps=2, log_every=1, eval_every=0, checkpoint_every=0, iwae_samples=4, num_samples=4)
+def test_catalog_binary_images_stay_binary_and_audio_becomes_mu_law_ids():
   with tfds.testing.mock_data(num_examples=16):
-    source = data.load(config)
-    assert set(np.unique(source.example["x"])) <= {0.0, 1.0}  # 0/1 images stay 0/1
-    summary = train.train_and_evaluate(config, str(tmp_path))
-  assert np.isfinite(summary["eval/iwae_bound"]) and summary["eval/iwae_bound"] >= summary["eval/elbo"] - 5.0
-  assert (tmp_path / "samples" / "step_000002.png").is_file()
-  assert (tmp_path / "samples" / "step_000002_reconstructions.png").is_file()
-
-
-def test_dcgan_on_catalog_mnist_with_mock_data(tmp_path):
-  config = Config(dataset="mnist", eval_split="test", model="dcgan", objective="gan",
-                  model_hparams={"features": 8, "latent_dim": 4}, batch_size=8, eval_batch_size=8,
-                  steps=2, log_every=1, eval_every=0, checkpoint_every=0, num_samples=4)
-  with tfds.testing.mock_data(num_examples=16):
-    summary = train.train_and_evaluate(config, str(tmp_path))
-  assert np.isfinite(summary["eval/d_loss"])
-  assert (tmp_path / "samples" / "step_000002.png").is_file()
-
-
-def test_wavenet_on_catalog_speech_with_mock_data(tmp_path):
-  config = Config(dataset="speech_commands", eval_split="test", model="wavenet", objective="lm",
-                  model_hparams={"residual_channels": 4, "skip_channels": 4, "dilations": (1, 2)},
-                  block_size=8, batch_size=4, eval_batch_size=4, eval_batches=1, steps=2, log_every=1,
-                  eval_every=0, checkpoint_every=0, sample_tokens=50)
-  with tfds.testing.mock_data(num_examples=20):
-    source = data.load(config)
-    assert source.tokenizer.size == 256 and source.example["x"].shape == (1, 8)
-    summary = train.train_and_evaluate(config, str(tmp_path))
-  assert np.isfinite(summary["eval/bits_per_token"])
-  with wave.open(str(tmp_path / "samples" / "step_000002.wav")) as f:
-    assert f.getnframes() == 50
+    source = data.load(Config(dataset="binarized_mnist", eval_split="test", model="vae", objective="elbo"))
+    assert source.example["x"].shape == (1, 28, 28, 1)
+    assert set(np.unique(source.example["x"])) <= {0.0, 1.0}  # stored as 0/1 bytes, not 0..255
+    source = data.load(Config(dataset="speech_commands", eval_split="test", model="wavenet", objective="lm",
+                              block_size=8))
+  assert source.tokenizer.size == 256 and source.example["x"].shape == (1, 8)
+  assert source.example["x"].dtype == np.int32 and 0 <= source.example["x"].min() <= source.example["x"].max() < 256
+  np.testing.assert_array_equal(source.example["y"][0, :-1], source.example["x"][0, 1:])
 
 
 def test_sample_quality_scores_a_generator_with_a_trained_classifier(tmp_path):
@@ -152,6 +127,9 @@ def test_sample_quality_scores_a_generator_with_a_trained_classifier(tmp_path):
 
 
 CATALOG_FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "catalog", "*.flags")))
+# Same families, narrower, to keep compilation short.
+CATALOG_SMALLER = {"wavenet_speech_commands.flags": ["--wavenet.dilations=1,2,4"],
+                   "dcgan_mnist.flags": ["--dcgan.features=16"]}
 
 
 @pytest.mark.parametrize("path", CATALOG_FLAG_FILES, ids=os.path.basename)
@@ -161,7 +139,10 @@ def test_catalog_flag_files_run_two_steps_on_mock_data(path, tmp_path, monkeypat
   monkeypatch.chdir(ROOT)
   small = ["--batch_size=8", "--eval_batch_size=8", "--num_samples=4", "--iwae_samples=4", "--block_size=16",
            "--eval_batches=1"]
-  config = parse(f"--flagfile={path}", *TINY, *small)
+  config = parse(f"--flagfile={path}", *TINY, *small, *CATALOG_SMALLER.get(os.path.basename(path), []))
   with tfds.testing.mock_data(num_examples=32):
     summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 2 and all(v == v for v in summary.values())
+  written = sorted(os.listdir(tmp_path / "samples"))
+  assert written == (["step_000002.wav"] if config.model == "wavenet" else
+                     ["step_000002.png"] + (["step_000002_reconstructions.png"] if config.model == "vae" else []))
