@@ -13,16 +13,20 @@ from experiments import config as config_lib
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
 TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0",
         "--eval_batch_size=100", "--eval_batches=1", "--sample_tokens=20"]
-# Same models, smaller batches, where the file's own would be slow on 2 CPU cores.
+# Same models (narrower for the generative ones), smaller batches and samples, where the file's
+# own would be slow on 2 CPU cores.
 SMALLER = {
     "shakespeare_char.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "numbers_to_words_transformer.flags": ["--eval_split=test[:100]"],
     # Diffusion samples through every step at the final evaluation: fewer steps and samples.
-    "ddpm_ring.flags": ["--diffusion_steps=20", "--num_samples=100"],
-    "ddpm_grid.flags": ["--diffusion_steps=20", "--num_samples=100"],
-    "ddpm_digits.flags": ["--diffusion_steps=20", "--num_samples=4", "--batch_size=8"],
-    "wavenet_tones.flags": ["--block_size=256", "--batch_size=2", "--eval_batch_size=2"],
+    "ddpm_ring.flags": ["--diffusion_steps=20", "--num_samples=100", "--ddpm_mlp.hidden=32"],
+    "ddpm_grid.flags": ["--diffusion_steps=20", "--num_samples=100", "--ddpm_mlp.hidden=32"],
+    "ddpm_digits.flags": ["--diffusion_steps=20", "--num_samples=4", "--batch_size=8", "--unet.features=8,16",
+                          "--unet.blocks=1"],
+    "wavenet_tones.flags": ["--block_size=256", "--batch_size=2", "--eval_batch_size=2", "--wavenet.dilations=1,2,4"],
+    "gan_ring.flags": ["--num_samples=200"],
+    "gan_grid.flags": ["--num_samples=200"],
     "vae_digits.flags": ["--iwae_samples=10"],
     "vae_mnist1d.flags": ["--iwae_samples=10"],
 }
