@@ -255,6 +255,7 @@ class Audio:
     self.sample_rate = int(feature.sample_rate or 16_000)
     self.levels = 256
     self.clips: dict[str, list[np.ndarray]] = {}
+    self._eligible_cache: dict[tuple[str, int], tuple[list[np.ndarray], np.ndarray]] = {}
     for split in list(b.info.splits) or splits:
       ds = b.as_dataset(split=split, shuffle_files=False)
       self.clips[split] = [wavenet.mu_law_encode(_to_float(ex[key]), self.levels).astype(np.int32)
@@ -262,11 +263,18 @@ class Audio:
     self.tokenizer = Tokenizer(self.levels, lambda audio: wavenet.mu_law_encode(np.asarray(audio), self.levels),
                                lambda ids: wavenet.mu_law_decode(np.asarray(ids), self.levels))
 
+  def _eligible(self, split: str, block_size: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The clips longer than a window, and how many windows each holds (computed once)."""
+    key = (split, block_size)
+    if key not in self._eligible_cache:
+      clips = [c for c in self.clips[split] if len(c) > block_size]
+      if not clips:
+        raise ConfigError(f"split {split!r} has no clip longer than --block_size={block_size} samples")
+      self._eligible_cache[key] = clips, np.array([len(c) - block_size for c in clips], np.float64)
+    return self._eligible_cache[key]
+
   def windows(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
-    clips = [c for c in self.clips[split] if len(c) > block_size]
-    if not clips:
-      raise ConfigError(f"split {split!r} has no clip longer than --block_size={block_size} samples")
-    counts = np.array([len(c) - block_size for c in clips], np.float64)
+    clips, counts = self._eligible(split, block_size)
     which = rng.choice(len(clips), size=batch, p=counts / counts.sum())
     starts = (rng.random(batch) * counts[which]).astype(np.int64)
     xs = np.stack([clips[c][s:s + block_size + 1] for c, s in zip(which, starts)])

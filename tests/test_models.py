@@ -92,7 +92,7 @@ def test_every_model_is_covered_and_has_simple_hparams():
   token_models = {"gpt", "bert", "encoder_decoder", "rnn_lm", "wavenet"}  # shapes: their own test files
   generative = {"autoencoder", "vae", "gan_mlp", "dcgan", "ddpm_mlp", "unet"}  # likewise
   assert {c[0] for c in SHAPE_CASES} | token_models | generative == set(nets.names())
-  simple = (int, float, str, bool, tuple[int, ...], tuple[float, ...])
+  simple = (int, float, str, bool, tuple[int, ...])
   for name in nets.names():
     fields = nets.hparams(name)
     if name not in token_models | generative:
