@@ -16,7 +16,8 @@ class Checkpoints:
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
             # Synchronous: a save is complete when save() returns (tiny states here; async
             # saves also raced with tfds.testing.mock_data in orbax 0.12).
@@ -31,15 +32,22 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def restore(self, like: Any, step: int | None = None) -> Any:
-    """Restores into the structure, shapes and shardings of `like` (arrays or abstract)."""
+    """Restores into the structure, shapes and shardings of `like` (arrays or abstract).
+
+    The shardings may differ from those the checkpoint was saved with: a checkpoint saved
+    split over 4 devices restores on 1 device, on another mesh, or on several processes."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def restore_raw(self, step: int | None = None) -> Any:
-    """The latest (or `step`'s) saved pytree as host arrays, without a target structure."""
+    """The latest (or `step`'s) saved pytree as host arrays, without a target structure
+    (whatever devices it was saved from)."""
     step = self.latest_step() if step is None else step
-    return jax.device_get(self.manager.restore(step, args=ocp.args.StandardRestore()))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = self.manager.item_metadata(step)
+    like = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(saved))
+    return jax.device_get(self.manager.restore(step, args=ocp.args.StandardRestore(like)))
 
   def close(self) -> None:
     self.manager.wait_until_finished()

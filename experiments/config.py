@@ -108,6 +108,9 @@ class Config:
                             "plots (the 2D mixtures are scored on them; the papers use 2,500).", lower=1)
   parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
   num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
+  mesh: str = _field("", "Device mesh as AXIS:SIZE pairs over the axes data and fsdp, e.g. data:2,fsdp:2 "
+                     "(one size may be -1: the rest). fsdp > 1 splits parameters and optimizer state over "
+                     "that many devices. Empty: every device on data.")
 
   def __post_init__(self):
     self.validate()

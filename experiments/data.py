@@ -5,10 +5,18 @@ the catalog's `tiny_shakespeare` and our `char_text`) are held in memory as char
 and give random windows of `block_size` tokens, as nanoGPT samples them: "x" a window and
 "y" the same window shifted by one character.
 
-Training batches come from an endless, seeded stream: epoch `e` is the process's shard
-shuffled with a seed derived from (seed, e), and the stream is cut into batches. Batch `i`
-of a run therefore depends only on (seed, i), so a resumed run starts the stream at the
-step it stopped at and sees exactly the batches an uninterrupted run would have seen.
+Training batches come from an endless, seeded stream: epoch `e` is the split shuffled with
+a seed derived from (seed, e), and the stream is cut into global batches. Batch `i` of a run
+therefore depends only on (seed, i), so a resumed run starts the stream at the step it
+stopped at and sees exactly the batches an uninterrupted run would have seen.
+
+With several processes, each process yields its own rows of every global batch (process p
+of P: rows [p B/P, (p+1) B/P)). Splits up to `WHOLE_SPLIT_BYTES` are read by every process,
+which keeps its rows of the global stream: the batches, and so the numbers, do not depend on
+the number of processes. Larger splits are sharded: each process reads only its own part of
+the files (`tfds.split_for_jax_process`) and shuffles it, so there the order depends on the
+process count. Text and audio windows are drawn for the global batch from (seed, step) and
+sliced, so they never depend on it.
 """
 
 from __future__ import annotations
@@ -36,24 +44,36 @@ BINARY_IMAGES = ("binarized_mnist",)
 
 
 def builder(config: Config) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder of `config.dataset`; a clear error if the name is unknown."""
+  """The prepared TFDS builder of `config.dataset`; a clear error if the name is unknown.
+
+  Process 0 prepares the data; the other processes of a multi-process run wait for it, so
+  their TFDS data directory must be the same files (one machine, or a shared file system).
+  """
+  b = _builder(config)
+  _check_splits(b, config)  # before preparing when the splits are known (catalog datasets)
+  if jax.process_index() == 0:
+    b.download_and_prepare()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"prepared {config.dataset}")
+    if jax.process_index() != 0:  # read the prepared files afresh
+      b = _builder(config)
+  _check_splits(b, config)
+  return b
+
+
+def _builder(config: Config) -> tfds.core.DatasetBuilder:
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
   try:
     if config.dataset == "char_text":
-      b = char_text.char_text_builder(config.text_path or char_text.DEFAULT_TEXT_PATH, data_dir=data_dir)
-    else:
-      b = tfds.builder(config.dataset, data_dir=data_dir)
+      return char_text.char_text_builder(config.text_path or char_text.DEFAULT_TEXT_PATH, data_dir=data_dir)
+    return tfds.builder(config.dataset, data_dir=data_dir)
   except FileNotFoundError as e:
     raise ConfigError(str(e)) from None
   except tfds.core.registered.DatasetNotFoundError as e:
     first_line = str(e).strip().splitlines()[0]
     raise ConfigError(f"unknown dataset --dataset={config.dataset!r} ({first_line}); ours offline: "
                      f"{', '.join(experiments.datasets.OFFLINE_DATASETS)}; or any TFDS catalog name") from None
-  _check_splits(b, config)  # before preparing when the splits are known (catalog datasets)
-  if jax.process_index() == 0:
-    b.download_and_prepare()
-  _check_splits(b, config)
-  return b
 
 
 def _check_splits(b: tfds.core.DatasetBuilder, config: Config) -> None:
@@ -81,10 +101,10 @@ def _to_model_inputs(x, y) -> dict[str, tf.Tensor]:
   return {"x": x, "y": y}
 
 
-def _read(b: tfds.core.DatasetBuilder, split: str) -> tuple[tf.data.Dataset, int]:
-  """This process's share of `split` as model inputs, and its number of examples."""
-  sub = tfds.split_for_jax_process(split, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+def _read(b: tfds.core.DatasetBuilder, split: str, whole: bool = False) -> tuple[tf.data.Dataset, int]:
+  """This process's share of `split` (`whole`: all of it) as model inputs, and its number of examples."""
+  sub = split if whole else tfds.split_for_jax_process(split, process_index=jax.process_index(),
+                                                       process_count=jax.process_count())
   options = tf.data.Options()
   options.deterministic = True
   supervised = bool(b.info.supervised_keys)
@@ -117,15 +137,27 @@ def per_process(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
+# Training splits up to this size (on disk) are read whole by every process (see the docstring).
+WHOLE_SPLIT_BYTES = 512 * 2**20
+
+
+def _read_whole(b: tfds.core.DatasetBuilder, split: str) -> bool:
+  info = b.info.splits[split] if b.info.splits else None
+  return jax.process_count() == 1 or info is None or info.num_bytes <= WHOLE_SPLIT_BYTES
+
+
 def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
-  """Endless training batches of this process, starting at batch `start_step`."""
-  examples, n = _read(b, config.train_split)
-  batch = per_process(config.batch_size)
+  """Endless training batches of this process (its rows of each global batch), starting at
+  batch `start_step`."""
+  whole = _read_whole(b, config.train_split)
+  examples, n = _read(b, config.train_split, whole)
+  rows = per_process(config.batch_size)
+  batch = config.batch_size if whole else rows  # the batches this process's stream is cut into
   if n < batch:
     raise ConfigError(f"split {config.train_split!r} has {n} examples on this process, fewer than a batch of {batch}")
   examples = examples.cache()
   first_epoch, offset = divmod(start_step * batch, n)
-  seed = config.seed + 1_000_003 * jax.process_index()
+  seed = config.seed if whole else config.seed + 1_000_003 * jax.process_index()
 
   def epoch(e):
     if not config.shuffle:
@@ -133,8 +165,11 @@ def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int =
     return examples.shuffle(min(config.shuffle_buffer, n), seed=seed * 7919 + e, reshuffle_each_iteration=False)
 
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.as_numpy_iterator()
+  ds = ds.batch(batch, drop_remainder=True)
+  if whole and jax.process_count() > 1:
+    first = jax.process_index() * rows
+    ds = ds.map(lambda ex: {k: v[first:first + rows] for k, v in ex.items()})
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 # Evaluation splits up to this size (on disk) are kept in memory after the first pass.
@@ -306,24 +341,31 @@ def windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, block_size
   return {"x": tokens[start], "y": tokens[start + 1]}
 
 
+def _own_rows(batch: Batch, global_batch: int) -> Batch:
+  """This process's rows of a global batch."""
+  rows = per_process(global_batch)
+  first = jax.process_index() * rows
+  return {k: v[first:first + rows] for k, v in batch.items()}
+
+
 def text_batches(config: Config, text: Text | Audio, start_step: int = 0) -> Iterator[Batch]:
-  """Endless random windows from the training split (text or audio); batch i depends only
-  on (seed, process, i)."""
-  batch = per_process(config.batch_size)
+  """Endless random windows from the training split (text or audio); global batch i depends
+  only on (seed, i), and each process keeps its rows."""
   text.windows(config.train_split, np.random.default_rng(0), 1, config.block_size)  # fail early
   step = start_step
-  while True:
-    yield text.windows(config.train_split, np.random.default_rng([config.seed, jax.process_index(), step]),
-                       batch, config.block_size)
+  while True:  # the 0 names the stream of training windows
+    rng = np.random.default_rng([config.seed, 0, step])
+    yield _own_rows(text.windows(config.train_split, rng, config.batch_size, config.block_size), config.batch_size)
     step += 1
 
 
 def text_eval_batches(config: Config, text: Text | Audio) -> list[Batch]:
   """`config.eval_batches` fixed random windows of the evaluation split (the same every
-  evaluation and for every seed), with an all-ones `mask`."""
-  batch = per_process(config.eval_batch_size)
-  rng = np.random.default_rng([1234, jax.process_index()])
-  return [{**text.windows(config.eval_split, rng, batch, config.block_size), "mask": np.ones(batch, np.float32)}
+  evaluation, for every seed and process count), with an all-ones `mask`."""
+  batch = config.eval_batch_size
+  rng = np.random.default_rng([1234, 0])
+  return [_own_rows({**text.windows(config.eval_split, rng, batch, config.block_size),
+                     "mask": np.ones(batch, np.float32)}, batch)
           for _ in range(config.eval_batches)]
 
 

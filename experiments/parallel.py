@@ -1,17 +1,23 @@
-"""Data parallelism, written once: the same per-device step under jit+Mesh or under pmap.
+"""Data parallelism and sharded parameters, written once: the same step under jit or pmap.
 
 A step function is written for one device's view of the batch and takes an `axis_name`:
-- `jit`: `jax.jit` over a 1D `Mesh` named "data". The step sees the global batch (sharded
-  on "data"), state is replicated and donated, and XLA inserts the gradient all-reduce.
-  It is called with `axis_name=None`.
+- `jit`: `jax.jit` over a device `Mesh` with axes ("data", "fsdp"). The step sees the global
+  batch, split over every device of the mesh, and XLA inserts the collectives. With `fsdp`
+  of size 1 (the default) parameters and optimizer state are replicated; with `--mesh=data:D,fsdp:F`
+  every array of at least `FSDP_MIN_SIZE` elements is split over the F devices of an "fsdp"
+  group along its largest dimension divisible by F (as ZeRO-3/FSDP do), and XLA gathers it
+  where a layer needs it. It is called with `axis_name=None`.
 - `pmap`: `jax.pmap` over the local devices; the step sees a device's slice of the batch
   and averages gradients and metrics with `lax.pmean(..., "data")`. State goes in with
   `in_axes=None` and comes out with `out_axes=None`: it is never stacked by hand.
-Both give the same numbers as one device on the same global batch.
+All of them give the numbers of one device on the same global batch (to float rounding).
+Devices span every process of a multi-process run; each process feeds its own rows of the
+global batch (`jax.make_array_from_process_local_data`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -21,13 +27,61 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from experiments.config import ConfigError
 
 AXIS = "data"
+AXES = ("data", "fsdp")
 MODES = ("jit", "pmap")
+FSDP_MIN_SIZE = 1024  # smaller arrays (biases, norms, scalars) stay replicated
+
+
+def parse_mesh(text: str, num_devices: int) -> dict[str, int]:
+  """'data:2,fsdp:2' -> {"data": 2, "fsdp": 2}. Empty: every device on "data"; one size may be
+  -1 (the devices left over)."""
+  sizes = {"data": -1, "fsdp": 1}
+  if text:
+    sizes = {"data": 1, "fsdp": 1}
+    seen = set()
+    for part in text.split(","):
+      name, _, size = part.partition(":")
+      name = name.strip()
+      if name not in AXES:
+        raise ConfigError(f"--mesh={text!r}: unknown axis {name!r}; axes are {', '.join(AXES)}")
+      if name in seen:
+        raise ConfigError(f"--mesh={text!r}: axis {name!r} given twice")
+      seen.add(name)
+      try:
+        sizes[name] = int(size)
+      except ValueError:
+        raise ConfigError(f"--mesh={text!r}: {part!r} is not AXIS:SIZE") from None
+      if sizes[name] == 0 or sizes[name] < -1:
+        raise ConfigError(f"--mesh={text!r}: sizes are positive (or -1: the rest)")
+  free = [k for k, v in sizes.items() if v == -1]
+  if len(free) > 1:
+    raise ConfigError(f"--mesh={text!r}: at most one axis may be -1")
+  fixed = math.prod(v for v in sizes.values() if v != -1)
+  if free:
+    if num_devices % fixed:
+      raise ConfigError(f"--mesh={text!r}: {num_devices} devices do not divide into groups of {fixed}")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ConfigError(f"--mesh={text!r} has {math.prod(sizes.values())} devices but the run has {num_devices}")
+  return sizes
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+  """Where an array of `shape` is split over "fsdp": its largest dimension divisible by `fsdp`
+  (none when fsdp is 1, the array is small, or no dimension divides)."""
+  if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+  for d in dims:
+    if shape[d] % fsdp == 0:
+      return P(*(("fsdp" if i == d else None) for i in range(len(shape))))
+  return P()
 
 
 class DataParallel:
   """Places state and batches on devices and compiles steps for `mode` (jit or pmap)."""
 
-  def __init__(self, mode: str = "jit", num_devices: int = 0):
+  def __init__(self, mode: str = "jit", num_devices: int = 0, mesh: str = ""):
     if mode not in MODES:
       raise ConfigError(f"unknown --parallel={mode!r}; known: {', '.join(MODES)}")
     local = jax.local_devices()
@@ -38,13 +92,22 @@ class DataParallel:
     self.mode = mode
     self.local_devices = local[:num_devices] if num_devices else local
     devices = self.local_devices if num_devices else jax.devices()
-    self.mesh = Mesh(np.asarray(devices), (AXIS,))
+    self.sizes = parse_mesh(mesh, len(devices))
+    if mode == "pmap" and self.sizes["fsdp"] > 1:
+      raise ConfigError("--parallel=pmap replicates parameters; --mesh with fsdp > 1 needs --parallel=jit")
+    # Devices in process order, so each process's devices hold consecutive rows of the batch.
+    self.mesh = Mesh(np.asarray(devices).reshape(self.sizes["data"], self.sizes["fsdp"]), AXES)
     self.replicated = NamedSharding(self.mesh, P())
-    self.sharded = NamedSharding(self.mesh, P(AXIS))
+    self.sharded = NamedSharding(self.mesh, P(AXES))  # the batch: split over every device
 
   @property
   def num_devices(self) -> int:
     return self.mesh.size
+
+  def describe(self) -> str:
+    procs = f"{jax.process_count()} process(es), " if jax.process_count() > 1 else ""
+    mesh = f", mesh data:{self.sizes['data']},fsdp:{self.sizes['fsdp']}" if self.sizes["fsdp"] > 1 else ""
+    return f"{procs}{self.num_devices} device(s), --parallel={self.mode}{mesh}"
 
   def check_batch_size(self, batch_size: int, what: str = "--batch_size") -> None:
     if batch_size % self.num_devices:
@@ -52,20 +115,31 @@ class DataParallel:
                        f"({jax.process_count()} processes x {len(self.local_devices)} local); "
                        f"use a multiple of {self.num_devices}")
 
-  def put_state(self, state: Any) -> Any:
-    """Replicates a state pytree on every device."""
-    return jax.device_put(state, self.replicated)
+  def state_sharding(self, abstract_state: Any) -> Any:
+    """The sharding of every array of a state (arrays or their shapes): see `fsdp_spec`."""
+    return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(tuple(x.shape), self.sizes["fsdp"])),
+                        abstract_state)
+
+  def describe_sharding(self, state: Any, sharding: Any) -> str:
+    """How much of a state is split over "fsdp"."""
+    sizes = [(int(np.prod(x.shape)), "fsdp" in jax.tree.leaves(tuple(s.spec)))
+             for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(sharding))]
+    split = [n for n, is_split in sizes if is_split]
+    total = sum(n for n, _ in sizes)
+    return (f"fsdp: {len(split)} of {len(sizes)} state arrays split over {self.sizes['fsdp']} devices "
+            f"({100 * sum(split) / max(total, 1):.1f}% of the state's elements)")
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's batch -> the global batch, split over devices."""
+    """This process's rows of the batch -> the global batch, split over devices."""
     if self.mode == "pmap":
       n = len(self.local_devices)
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
 
-  def compile(self, step: Callable[..., Any], *, donate_state: bool) -> Callable[..., Any]:
-    """`step(state, batch, *rest, axis_name=...) -> (state_or_sums, metrics...)` on all devices."""
-    donate = (0,) if donate_state else ()
+  def compile(self, step: Callable[..., Any], state_sharding: Any, *, returns_state: bool) -> Callable[..., Any]:
+    """`step(state, batch, *rest, axis_name=...)` on all devices; it returns `(state, metrics)`
+    (the state is then donated) or only metrics."""
+    donate = (0,) if returns_state else ()
     if self.mode == "pmap":
       def per_device(state, batch, *rest):
         return step(state, batch, *rest, axis_name=AXIS)
@@ -73,5 +147,6 @@ class DataParallel:
                       devices=self.local_devices, donate_argnums=donate)
     def global_batch(state, batch, *rest):
       return step(state, batch, *rest, axis_name=None)
-    return jax.jit(global_batch, in_shardings=(self.replicated, self.sharded, self.replicated),
-                   out_shardings=self.replicated, donate_argnums=donate)
+    out = (state_sharding, self.replicated) if returns_state else self.replicated
+    return jax.jit(global_batch, in_shardings=(state_sharding, self.sharded, self.replicated),
+                   out_shardings=out, donate_argnums=donate)

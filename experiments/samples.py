@@ -238,9 +238,10 @@ def writer(config: Config, model: nn.Module, objective: nets.objectives.Objectiv
           save_points(_path(workdir, step, ".png"), samples, means, title)
         else:
           save_data(_path(workdir, step, ".png"), samples)
-    if reconstruct is not None and chief:
+    if reconstruct is not None:  # every process joins the computation; process 0 writes it
       recon = np.asarray(jax.device_get(reconstruct(state, inputs, rng)), np.float32)
-      save_data(_path(workdir, step, "_reconstructions.png"), recon, inputs)
+      if chief:
+        save_data(_path(workdir, step, "_reconstructions.png"), recon, inputs)
     return metrics
 
   return write

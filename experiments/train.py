@@ -156,8 +156,9 @@ def build(config: Config, source: data.Source):
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example: dict[str, np.ndarray],
-               rng: jax.Array, sharding: Any) -> TrainState:
-  """Initialises parameters and optimizer state directly in their sharding."""
+               rng: jax.Array, sharding: Any = None) -> TrainState:
+  """Parameters and optimizer state, initialised directly in their `sharding` (a pytree like
+  the state, or None: the default device)."""
 
   def init(rng):
     variables = model.init({"params": rng, "dropout": rng}, jnp.asarray(example["x"]), train=False)
@@ -186,7 +187,7 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is None:
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
-  like = jax.eval_shape(lambda: init_state(model, tx, source.example, jax.random.key(0), None))
+  like = jax.eval_shape(lambda: init_state(model, tx, source.example, jax.random.key(0)))
   state = ckpts.restore(like, step)
   ckpts.close()
   return Restored(config, source, model, objective, state.params, state.model_state)
@@ -296,7 +297,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   SIGTERM, a dict with "stopped": True after saving a checkpoint.
   """
   start_time = time.perf_counter()
-  par = DataParallel(config.parallel, config.num_devices)
+  par = DataParallel(config.parallel, config.num_devices, config.mesh)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
@@ -305,7 +306,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   init_key, step_key, eval_key = jax.random.split(key, 3)
   try:  # invalid model hyperparameters surface when the model is first built
     model, objective, tx, schedule = build(config, source)
-    state = init_state(model, tx, example, init_key, par.replicated)
+    state_sharding = par.state_sharding(jax.eval_shape(lambda: init_state(model, tx, example, init_key)))
+    state = init_state(model, tx, example, init_key, state_sharding)
   except ValueError as e:
     raise ConfigError(f"--model={config.model}: {e}") from e
   num_params = count_params(state.params)
@@ -318,12 +320,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   if start_step:
     state = ckpts.restore(state)
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}")
-  log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.num_devices} device(s), "
-           f"--parallel={config.parallel}; workdir {workdir}")
+  log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
+  if par.sizes["fsdp"] > 1:
+    log.info(par.describe_sharding(state, state_sharding))
 
   p_train = par.compile(functools.partial(train_step, model=model, objective=objective, tx=tx,
-                                          schedule=schedule), donate_state=True)
-  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), donate_state=False)
+                                          schedule=schedule), state_sharding, returns_state=True)
+  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), state_sharding,
+                       returns_state=False)
   eval_batches = data.eval_batches(config, source)
   batches = data.batches(config, source, start_step)
   write_samples = samples.writer(config, model, objective, source, eval_batches, workdir)
