@@ -90,6 +90,7 @@ class DataParallel:
     if num_devices and jax.process_count() > 1:
       raise ConfigError("--num_devices applies to a single process; multi-process runs use all devices")
     self.mode = mode
+    self.pmap_devices = local[:num_devices] if num_devices else None  # None: every process's devices
     self.local_devices = local[:num_devices] if num_devices else local
     devices = self.local_devices if num_devices else jax.devices()
     self.sizes = parse_mesh(mesh, len(devices))
@@ -129,6 +130,14 @@ class DataParallel:
     return (f"fsdp: {len(split)} of {len(sizes)} state arrays split over {self.sizes['fsdp']} devices "
             f"({100 * sum(split) / max(total, 1):.1f}% of the state's elements)")
 
+  def global_state(self, state: Any) -> Any:
+    """The state as arrays over the whole mesh (what checkpoints save). pmap returns each
+    process's own replica; every other state is already global."""
+    if self.mode != "pmap" or jax.process_count() == 1:
+      return state
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return multihost_utils.host_local_array_to_global_array(state, self.mesh, P())
+
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of the batch -> the global batch, split over devices."""
     if self.mode == "pmap":
@@ -144,7 +153,7 @@ class DataParallel:
       def per_device(state, batch, *rest):
         return step(state, batch, *rest, axis_name=AXIS)
       return jax.pmap(per_device, axis_name=AXIS, in_axes=(None, 0, None), out_axes=None,
-                      devices=self.local_devices, donate_argnums=donate)
+                      devices=self.pmap_devices, donate_argnums=donate)
     def global_batch(state, batch, *rest):
       return step(state, batch, *rest, axis_name=None)
     out = (state_sharding, self.replicated) if returns_state else self.replicated

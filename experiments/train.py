@@ -376,7 +376,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
           if should_eval and not done:
             log.write(step, run_eval(step))
           if should_save or sigterm.raised:
-            ckpts.save(step, state)
+            ckpts.save(step, par.global_state(state))
             last_good = step
         if sigterm.raised:
           log.info(f"SIGTERM: saved the checkpoint at step {step}; run the same command to resume.")

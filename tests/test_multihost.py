@@ -2,8 +2,8 @@
 
 - 2 processes give the parameters of 1 process on the same global batch;
 - --mesh=data:2,fsdp:2 on 4 fake devices gives the parameters of 1 device;
-- its checkpoint (saved split over 4 devices) resumes on 1 device and on 2 processes, and
-  both end where the uninterrupted run ends;
+- its checkpoint (saved split over 4 devices) resumes on 1 device and on 2 processes (under
+  pmap), and both end where the uninterrupted run ends;
 - a process that dies makes the other stop with a clear error, soon.
 """
 
@@ -93,10 +93,10 @@ def test_processes_meshes_and_checkpoints_agree(tmp_path):
   assert "Resumed from the checkpoint at step 10" in out and "1 device(s)" in out
   assert_same(ref, one)
 
-  procs = str(tmp_path / "resumed_on_2_processes")
+  procs = str(tmp_path / "resumed_on_2_processes")  # and under pmap rather than jit
   rewind(fsdp, procs)
-  out = run_processes([*RUN, f"--workdir={procs}"])
-  assert "Resumed from the checkpoint at step 10" in out
+  out = run_processes([*RUN, "--parallel=pmap", f"--workdir={procs}"])
+  assert "Resumed from the checkpoint at step 10" in out and "--parallel=pmap" in out
   assert_same(ref, procs)
 
 
@@ -125,3 +125,40 @@ def test_a_dead_process_stops_the_run(tmp_path):
   assert chief.returncode != 0
   assert "another process of the run died" in err or "heartbeat" in err, err[-3000:]
   assert waited < 30, waited
+
+
+def test_mesh_flag():
+  from experiments.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from experiments.parallel import parse_mesh  # pylint: disable=g-import-not-at-top
+  assert parse_mesh("", 8) == {"data": 8, "fsdp": 1}
+  assert parse_mesh("data:2,fsdp:4", 8) == {"data": 2, "fsdp": 4}
+  assert parse_mesh("fsdp:4", 4) == {"data": 1, "fsdp": 4}
+  assert parse_mesh("data:-1,fsdp:2", 8) == {"data": 4, "fsdp": 2}
+  for bad, message in [("data:3", "has 3 devices but the run has 4"), ("model:2", "unknown axis 'model'"),
+                       ("data:2,data:2", "given twice"), ("data:x", "is not AXIS:SIZE"),
+                       ("data:-1,fsdp:3", "do not divide"), ("data:-1,fsdp:-1", "at most one")]:
+    with pytest.raises(ConfigError, match=message):
+      parse_mesh(bad, 4)
+
+
+def test_fsdp_splits_the_largest_divisible_dimension():
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from experiments.parallel import fsdp_spec  # pylint: disable=g-import-not-at-top
+  assert fsdp_spec((40, 100), 2) == P(None, "fsdp")
+  assert fsdp_spec((100, 40), 8) == P(None, "fsdp")  # 100 is not divisible by 8; 40 is
+  assert fsdp_spec((100, 40), 2) == P("fsdp", None)
+  assert fsdp_spec((3, 3, 64, 128), 4) == P(None, None, None, "fsdp")
+  assert fsdp_spec((1001, 3), 2) == P()  # no dimension divides
+  assert fsdp_spec((100,), 2) == P()  # small: replicated
+  assert fsdp_spec((4096, 4096), 1) == P()
+
+
+def test_explicit_processes_need_all_three_flags():
+  from experiments import distributed  # pylint: disable=g-import-not-at-top
+  from experiments.config import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match="go together"):
+    distributed.initialize(coordinator_address="localhost:1234")
+  with pytest.raises(ConfigError, match="must be in"):
+    distributed.initialize("localhost:1234", num_processes=2, process_id=2)
+  assert not distributed.initialize("localhost:1234", num_processes=1, process_id=0)
+  assert not distributed.initialize()  # one process: nothing to connect
