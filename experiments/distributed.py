@@ -4,8 +4,10 @@ A run is one of several processes when
 - it is started with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`;
 - it is a task of a SLURM step of more than one task (`srun -n N python -m experiments.run ...`);
   JAX reads the coordinator, the process count and the process id from SLURM's variables;
-- it is a worker of a multi-host TPU slice (`gcloud compute tpus tpu-vm ssh --worker=all`).
-Otherwise it is a single process and nothing is initialised.
+- it is a worker of a multi-host TPU slice (`gcloud compute tpus tpu-vm ssh --worker=all`)
+  that says so with `--distributed=on` (or whose TPU_WORKER_HOSTNAMES lists several hosts);
+  `--distributed=on` lets JAX detect any cluster it knows (TPU, SLURM, Open MPI).
+Otherwise it is a single process and nothing is initialised (`--distributed=off`: never).
 
 On CPU the processes exchange gradients through gloo. A process that dies is noticed by the
 coordination service within `heartbeat_timeout_s`, and every other process then stops with an
@@ -40,12 +42,19 @@ def is_multiprocess() -> bool:
   return jax.process_count() > 1
 
 
+MODES = ("auto", "on", "off")
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
-               heartbeat_timeout_s: int = 60, initialization_timeout_s: int = 300) -> bool:
+               heartbeat_timeout_s: int = 60, initialization_timeout_s: int = 300, mode: str = "auto") -> bool:
   """Connects this process to the others of its run, if it has any; returns whether it did.
 
   Call it before anything touches JAX's devices.
   """
+  if mode not in MODES:
+    raise ConfigError(f"--distributed={mode!r} is not one of {', '.join(MODES)}")
+  if mode == "off":
+    return False
   explicit = (coordinator_address, num_processes > 0, process_id >= 0)
   if any(explicit):
     if not all(explicit):
@@ -56,7 +65,7 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
     if num_processes == 1:
       return False
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
-  elif slurm_tasks() > 1 or tpu_workers() > 1:
+  elif mode == "on" or slurm_tasks() > 1 or tpu_workers() > 1:
     kwargs = {}  # JAX detects the cluster
   else:
     return False

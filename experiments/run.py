@@ -23,6 +23,9 @@ from absl import app, flags, logging
 from experiments import config as config_lib
 
 config_lib.define_flags()
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process start-up (jax.distributed): auto "
+                  "under SLURM steps of several tasks (srun -n N) or with --coordinator_address; on: always, "
+                  "letting JAX detect the cluster (TPU slices: pass it on every worker); off: never.")
 flags.DEFINE_string("coordinator_address", "", "Multi-process runs started by hand: HOST:PORT of process 0's "
                     "coordinator (with --num_processes and --process_id). Under SLURM (srun -n N) and on "
                     "multi-host TPU slices the processes find each other without it.")
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> None:
   from experiments import distributed  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           heartbeat_timeout_s=FLAGS.heartbeat_timeout)
+                           heartbeat_timeout_s=FLAGS.heartbeat_timeout, mode=FLAGS.distributed)
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   workdir = FLAGS.workdir or default_workdir(config, sys.argv)
