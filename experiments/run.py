@@ -77,6 +77,8 @@ def main(argv: list[str]) -> None:
     # A collective failed: another process of the run died. Leave now rather than wait for
     # the dead process at jax.distributed's shutdown barrier.
     first_line = str(e).strip().splitlines()[0]
+    if len(first_line) > 200:
+      first_line = first_line[:100] + " ... " + first_line[-95:]
     print(f"error: process {jax.process_index()} of {jax.process_count()}: a collective failed, most likely "
           f"because another process of the run died ({first_line}). Checkpoints are kept in {workdir}; "
           "run the same command to resume.", file=sys.stderr, flush=True)
