@@ -21,6 +21,8 @@ sliced, so they never depend on it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -52,7 +54,7 @@ def builder(config: Config) -> tfds.core.DatasetBuilder:
   b = _builder(config)
   _check_splits(b, config)  # before preparing when the splits are known (catalog datasets)
   if jax.process_index() == 0:
-    b.download_and_prepare()
+    b = prepared(lambda: _builder(config))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"prepared {config.dataset}")
@@ -60,6 +62,32 @@ def builder(config: Config) -> tfds.core.DatasetBuilder:
       b = _builder(config)
   _check_splits(b, config)
   return b
+
+
+def prepared(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuilder:
+  """`make()`'s builder, its data prepared. Processes that start together (a local sweep,
+  parallel tests) prepare a dataset once: one holds a file lock while it prepares, and the
+  others then make their builder afresh from the prepared files."""
+  with _prepare_lock(make()):
+    b = make()
+    b.download_and_prepare()
+  return b
+
+
+@contextlib.contextmanager
+def _prepare_lock(b: tfds.core.DatasetBuilder):
+  """Holds an exclusive lock on a file beside the dataset's folder (local folders only)."""
+  path = os.fspath(b.data_dir).rstrip("/")
+  if "://" in path:  # e.g. gs://: no file locks there
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".lock", "w", encoding="utf-8") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _builder(config: Config) -> tfds.core.DatasetBuilder:

@@ -12,11 +12,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "experiments", "flags")
 
-# Generated datasets go to a directory of this test process (each pytest-xdist worker has its
-# own, so workers never race to prepare the same dataset), never to ~/tensorflow_datasets.
-# The CLI subprocesses a test starts inherit it.
-os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix=f"tfds-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
-atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
+# Generated datasets go to a directory of this test session, never to ~/tensorflow_datasets.
+# The pytest-xdist workers and the CLI subprocesses of tests inherit it from the controller
+# and share it: `experiments.data` prepares each dataset once, under a file lock.
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without xdist)
+  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tfds-tests-")
+  atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

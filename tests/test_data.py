@@ -27,7 +27,7 @@ def test_mnist1d_builder_is_the_published_split(mnist1d_builder):
   assert data.num_classes(mnist1d_builder) == 10
 
 
-def test_tfds_load_finds_our_builder(tfds_dir):
+def test_tfds_load_finds_our_builder(mnist1d_builder, tfds_dir):  # prepared by the fixture
   ds = tfds.load("mnist1d", split="test", data_dir=tfds_dir, as_supervised=True)
   assert sum(1 for _ in ds) == 1000
 

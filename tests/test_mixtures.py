@@ -42,8 +42,8 @@ def test_hand_made_samples():
 def test_tfds_builder(tfds_dir):
   import tensorflow_datasets as tfds
   import experiments.datasets  # noqa: F401  (registers the builder)
-  builder = tfds.builder("mixture2d/ring", data_dir=tfds_dir)
-  builder.download_and_prepare()
+  from experiments import data
+  builder = data.prepared(lambda: tfds.builder("mixture2d/ring", data_dir=tfds_dir))
   assert builder.info.splits["train"].num_examples == 100_000
   x, y = tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1, as_supervised=True))
   assert x.shape == (2500, 2) and x.dtype == np.float32 and y.max() == 7

@@ -1,5 +1,6 @@
 """jit over a Mesh, pmap, and a single device give the same parameters (4 fake CPU devices):
-classifiers on MNIST-1D and a GPT on character-level text."""
+an MLP classifier on MNIST-1D and a GPT on character-level text. (Processes and fsdp meshes:
+test_multihost.py.)"""
 
 import json
 import subprocess
@@ -21,9 +22,8 @@ SCRIPT = textwrap.dedent("""
     results = {}
     text = dict(dataset="char_text", eval_split="validation", objective="lm", block_size=16, eval_batches=2,
                 sample_tokens=0)  # character-level Tiny Shakespeare
-    for model, hparams, data in [
-        ("mlp", {"features": (32, 32)}, {}), ("cnn", {"features": (8, 8), "kernel_size": (5, 3), "strides": (2, 2)}, {}),
-        ("rnn", {"cell": "lstm", "hidden": 4}, {}), ("gpt", {"num_layers": 1, "num_heads": 2, "embed_dim": 16}, text)]:
+    for model, hparams, data in [  # the spine is the same for every family: an MLP and a GPT
+        ("mlp", {"features": (32, 32)}, {}), ("gpt", {"num_layers": 1, "num_heads": 2, "embed_dim": 16}, text)]:
       base = Config(model=model, model_hparams=hparams, steps=6, batch_size=32, eval_batch_size=200,
                     log_every=3, eval_every=3, checkpoint_every=0, learning_rate=3e-3, seed=1, **data)
       params = {}
@@ -52,7 +52,7 @@ def test_jit_pmap_and_single_device_agree(tmp_path):
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.split("RESULTS", 1)[1])
-  for model in ("mlp", "cnn", "rnn", "gpt"):
+  for model in ("mlp", "gpt"):
     for mode in ("jit4", "pmap4"):
       r = results[model][mode]
       assert r["max_abs_diff"] < 1e-5, (model, mode, r)

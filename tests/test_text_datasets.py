@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import experiments.datasets  # noqa: F401
+from experiments import data
 from experiments.datasets import char_text, numbers_to_words
 from experiments.datasets.char_text import DEFAULT_TEXT_PATH, char_text_builder
 from experiments.datasets.numbers_to_words import EOS, PAD, SOURCE_LENGTH, TARGET_LENGTH, number_to_words
@@ -28,9 +29,7 @@ def _texts(b: tfds.core.DatasetBuilder) -> dict[str, str]:
 def shakespeare(tfds_dir):
   if not os.path.isfile(DEFAULT_TEXT_PATH):
     pytest.skip(f"no Tiny Shakespeare at {DEFAULT_TEXT_PATH}")
-  b = char_text_builder(DEFAULT_TEXT_PATH, data_dir=tfds_dir)
-  b.download_and_prepare()
-  return b
+  return data.prepared(lambda: char_text_builder(DEFAULT_TEXT_PATH, data_dir=tfds_dir))
 
 
 def test_char_text_is_nanogpts_shakespeare_char_split(shakespeare):
@@ -57,8 +56,7 @@ def test_char_text_splits_a_file_by_characters(tmp_path, tfds_dir):
   text = "".join(f"{i}: çà va, 東京 ☃\n" for i in range(10))  # non-ASCII: characters are not bytes
   path = tmp_path / "small.txt"
   path.write_text(text, encoding="utf-8")
-  b = char_text_builder(str(path), data_dir=tfds_dir)
-  b.download_and_prepare()
+  b = data.prepared(lambda: char_text_builder(str(path), data_dir=tfds_dir))
   cut = int(len(text) * 0.9)
   assert _texts(b) == {"train": text[:cut], "validation": text[cut:]}
   assert b.builder_config.name.startswith("small_")
@@ -103,8 +101,7 @@ def test_numbers_to_words_encode_decode():
 
 @pytest.fixture(scope="module")
 def numbers(tfds_dir):
-  b = tfds.builder("numbers_to_words", data_dir=tfds_dir)
-  b.download_and_prepare()
+  b = data.prepared(lambda: tfds.builder("numbers_to_words", data_dir=tfds_dir))
   return {split: tfds.as_numpy(b.as_dataset(split=split, batch_size=-1, as_supervised=True))
           for split in ("train", "validation", "test")}
 
