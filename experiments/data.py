@@ -78,11 +78,16 @@ def prepared(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetB
 def _prepare_lock(b: tfds.core.DatasetBuilder):
   """Holds an exclusive lock on a file beside the dataset's folder (local folders only)."""
   path = os.fspath(b.data_dir).rstrip("/")
-  if "://" in path:  # e.g. gs://: no file locks there
+  if "://" in path or path.startswith(os.path.dirname(tfds.__file__)):  # gs://; TFDS's mock data
     yield
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".lock", "w", encoding="utf-8") as f:
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    f = open(path + ".lock", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+  except OSError:  # a read-only folder: someone else prepared it
+    yield
+    return
+  with f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
