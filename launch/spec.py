@@ -29,6 +29,11 @@ from typing import Any, Mapping, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def default_root(name: str) -> str:
+  """Where sweep NAME's runs go unless --root says otherwise."""
+  return os.path.join(REPO, "runs", "sweeps", name)
+
+
 class SweepError(ValueError):
   """A bad sweep file or launcher flag, found before anything is launched."""
 

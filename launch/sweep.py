@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 
 from launch import backends
-from launch.spec import REPO, Run, SweepError, expand, load, resolved_flagfile
+from launch.spec import Run, SweepError, default_root, expand, load, resolved_flagfile
 
 flags.DEFINE_string("sweep", None, "The sweep file (launch/sweeps/NAME.py).")
 flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu_vm"], "Where the runs execute.")
@@ -45,10 +45,6 @@ flags.DEFINE_string("zone", "", "tpu_vm: its zone.")
 flags.DEFINE_string("project", "", "tpu_vm: its project (default: gcloud's).")
 flags.DEFINE_string("repo_dir", "~/nets", "tpu_vm: this repository's folder on every worker.")
 FLAGS = flags.FLAGS
-
-
-def default_root(name: str) -> str:
-  return os.path.join(REPO, "runs", "sweeps", name)
 
 
 def state(run: Run, root: str, queued: dict[str, str]) -> str:
