@@ -125,8 +125,18 @@ stop() {
   fi
 }
 
+already_up() {
+  command -v sinfo >/dev/null && [[ ! -f "$PIDS/slurmctld.started" ]] &&
+    sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'
+}
+
 case "${1:-}" in
-  up) install; configure; start ;;
+  up)
+    if already_up; then
+      log "a cluster is already up (not started by this script); using it as it is: $(sinfo -h -o '%P %D %t')"
+      exit 0
+    fi
+    install; configure; start ;;
   down) stop ;;
   *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
