@@ -34,3 +34,19 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bo
 @pytest.fixture(scope="session")
 def tfds_dir():
   return os.environ["TFDS_DATA_DIR"]
+
+
+def train_in_process(*args: str, workdir: str) -> dict:
+  """`python -m experiments.run ARGS --workdir=WORKDIR` in this process (no interpreter start-up),
+  with the repository root as the working directory; returns the summary."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from experiments import config as config_lib, train  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  config_lib.define_flags(values)
+  cwd = os.getcwd()
+  os.chdir(ROOT)  # flag files include each other by repository-relative paths
+  try:
+    values(["run", *args])
+    return train.train_and_evaluate(config_lib.from_flags(values), str(workdir))
+  finally:
+    os.chdir(cwd)

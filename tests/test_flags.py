@@ -7,7 +7,7 @@ import os
 import pytest
 from absl import flags
 
-from conftest import FLAGS_DIR, ROOT, run_cli
+from conftest import FLAGS_DIR, ROOT, run_cli, train_in_process
 from experiments import config as config_lib
 
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
@@ -120,7 +120,7 @@ def test_default_run_writes_everything(tmp_path):
   assert os.path.isdir(tmp_path / "checkpoints" / "20")
   # The resolved flag file reproduces the run exactly, in a new workdir.
   again = tmp_path / "again"
-  run_cli(f"--flagfile={tmp_path}/flags.flags", f"--workdir={again}")
+  train_in_process(f"--flagfile={tmp_path}/flags.flags", workdir=again)
   summary2 = json.loads((again / "summary.json").read_text())
   assert summary2["eval/accuracy"] == summary["eval/accuracy"]
   assert summary2["eval/loss"] == summary["eval/loss"]

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, train_in_process
 
 RUN = ["--flagfile=experiments/flags/mnist1d_mlp.flags", "--shuffle=true", "--optimizer=sgd", "--learning_rate=0.1", "--steps=20", "--log_every=10",
        "--eval_every=0", "--checkpoint_every=10"]
@@ -74,9 +74,9 @@ def rewind(src, dst):
   os.remove(os.path.join(dst, "summary.json"))
 
 
-def test_processes_meshes_and_checkpoints_agree(tmp_path):
+def test_processes_meshes_and_checkpoints_agree(tmp_path, capsys):
   ref, two, fsdp = (str(tmp_path / name) for name in ("ref", "two", "fsdp"))
-  run_cli(*RUN, f"--workdir={ref}")
+  train_in_process(*RUN, workdir=ref)  # this test process has one CPU device
 
   out = run_processes([*RUN, f"--workdir={two}"])
   assert "2 process(es), 2 device(s)" in out
@@ -89,8 +89,10 @@ def test_processes_meshes_and_checkpoints_agree(tmp_path):
 
   one = str(tmp_path / "resumed_on_1_device")
   rewind(fsdp, one)
-  out = run_cli(*RUN, f"--workdir={one}").stdout
-  assert "Resumed from the checkpoint at step 10" in out and "1 device(s)" in out
+  capsys.readouterr()
+  train_in_process(*RUN, workdir=one)
+  out = capsys.readouterr().out
+  assert "Resumed from the checkpoint at step 10" in out and "; 1 device(s)" in out
   assert_same(ref, one)
 
   procs = str(tmp_path / "resumed_on_2_processes")  # and under pmap rather than jit

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, train_in_process
 from experiments import checkpoint
 
 # Shuffled data and a decaying schedule: resuming must restore the data position and the step.
@@ -48,9 +48,9 @@ def _interrupt(workdir, sig, after_step):
   return proc.returncode, out, err
 
 
-def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path):
+def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path, capsys):
   reference = tmp_path / "uninterrupted"
-  run_cli(*RUN, f"--workdir={reference}")
+  train_in_process(*RUN, workdir=reference)
   ref_step, ref_params = _params(reference)
   assert ref_step == 600
   # Periodic saves every 20 steps, the last 3 kept (--keep_checkpoints default).
@@ -71,8 +71,9 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path):
   assert 40 <= checkpoint.Checkpoints(str(killed / "checkpoints")).latest_step() < 600
 
   for workdir in (terminated, killed):
-    proc = run_cli(*RUN, f"--workdir={workdir}")
-    assert "Resumed from the checkpoint at step" in proc.stdout
+    capsys.readouterr()
+    train_in_process(*RUN, workdir=workdir)
+    assert "Resumed from the checkpoint at step" in capsys.readouterr().out
     step, params = _params(workdir)
     assert step == 600
     for a, b in zip(ref_params, params):
