@@ -15,9 +15,14 @@ FLAGS_DIR = os.path.join(ROOT, "experiments", "flags")
 # Generated datasets go to a directory of this test session, never to ~/tensorflow_datasets.
 # The pytest-xdist workers and the CLI subprocesses of tests inherit it from the controller
 # and share it: `experiments.data` prepares each dataset once, under a file lock.
+# They share a persistent XLA compilation cache too, as a user's repeated runs would: the many
+# runs of the same tiny models compile once.
 if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without xdist)
-  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="tfds-tests-")
-  atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
+  _session = tempfile.mkdtemp(prefix="nets-tests-")
+  atexit.register(shutil.rmtree, _session, ignore_errors=True)
+  os.environ["TFDS_DATA_DIR"] = os.path.join(_session, "tfds")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_session, "jax-cache")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
