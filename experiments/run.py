@@ -20,6 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import compile_cache
 from experiments import config as config_lib
 
 config_lib.define_flags()
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from None
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import distributed  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            heartbeat_timeout_s=FLAGS.heartbeat_timeout, mode=FLAGS.distributed)

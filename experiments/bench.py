@@ -1,0 +1,63 @@
+"""Time the real training step of any flag file.
+
+    python -m experiments.bench --flagfile=experiments/flags/shakespeare_char_gpt_cpu.flags [--bench_steps=50]
+
+It builds the run exactly as `experiments.run` does (data, model, optimizer, parallelism),
+compiles the train step, runs a few warm-up steps, then times `--bench_steps` steps one by
+one: the wait for the next batch (host pipeline and transfer) apart from the step itself.
+It prints a summary and, last, one JSON line with:
+- `compile_s`: lowering and compiling the train step (from JAX's persistent compilation
+  cache when an earlier run compiled it: `--compilation_cache_dir=` turns it off);
+- `step_ms_median`, `step_ms_p10`, `step_ms_p90`: the step (compute), per step;
+- `input_ms_median`, `input_share`: waiting for the batch, and its share of step + wait;
+- `examples_per_s` (and `tokens_per_s` for sequence data) at the median step + wait;
+- `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so),
+  `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
+  in the same process, with its fraction `fraction_of_peak`;
+- `peak_host_memory_mb`: the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags, logging
+
+from experiments import compile_cache, timing
+from experiments import config as config_lib
+
+config_lib.define_flags()
+flags.DEFINE_integer("bench_steps", 50, "Steps to time (after the warm-up).", lower_bound=1)
+flags.DEFINE_integer("warmup_steps_bench", 3, "Untimed steps after compilation.", lower_bound=0)
+flags.DEFINE_integer("matmul_size", 1024, "Side of the square float32 matmul that measures the peak.", lower_bound=64)
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    config = config_lib.from_flags(FLAGS)
+    compile_cache.enable()
+    result = timing.bench(config, FLAGS.bench_steps, FLAGS.warmup_steps_bench, FLAGS.matmul_size)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  r = result
+  print(f"{r['model']} on {r['dataset']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s)")
+  print(f"compile {r['compile_s']:.2f} s; step {r['step_ms_median']:.2f} ms median "
+        f"(p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); input wait {r['input_ms_median']:.3f} ms "
+        f"({100 * r['input_share']:.1f}% of step + wait)")
+  rate = f"{r['examples_per_s']:,.0f} examples/s" + (f", {r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else "")
+  print(rate)
+  if r["flops_per_step"]:
+    print(f"{r['flops_per_step'] / 1e9:.3f} GFLOP per step ({r['flops_source']}): {r['gflops_per_s']:.1f} GFLOP/s, "
+          f"{100 * r['fraction_of_peak']:.1f}% of a {FLAGS.matmul_size}^2 float32 matmul's "
+          f"{r['peak_matmul_gflops_per_s']:.1f} GFLOP/s measured here")
+  print(f"peak host memory {r['peak_host_memory_mb']:.0f} MB")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

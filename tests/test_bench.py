@@ -1,0 +1,25 @@
+"""The benchmark's figures on a tiny run: present, positive and consistent with each other."""
+
+import pytest
+
+from conftest import ROOT
+from experiments import timing
+from experiments.config import Config
+
+
+def test_bench_times_the_real_train_step(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  config = Config(model="mlp", model_hparams={"features": (64, 64)}, batch_size=50, steps=100)
+  r = timing.bench(config, steps=5, warmup=1, matmul_size=128)
+  assert r["model"] == "mlp" and r["batch_size"] == 50 and r["devices"] == 1
+  assert r["compile_s"] > 0 and 0 < r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
+  assert 0 <= r["input_share"] < 1
+  per_step_s = (r["step_ms_median"] + r["input_ms_median"]) / 1e3
+  assert r["examples_per_s"] == pytest.approx(50 / per_step_s)
+  # Forward and backward of a 40-64-64-10 MLP on 50 examples: about 3 x 2 x 50 x (its weights) FLOPs.
+  analytic = 2 * 3 * 50 * (40 * 64 + 64 * 64 + 64 * 10)
+  assert 0.5 * analytic < r["flops_per_step"] < 3 * analytic
+  assert r["gflops_per_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms_median"] / 1e3) / 1e9)
+  assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0
+  assert r["peak_host_memory_mb"] > 100
+  assert "tokens_per_s" not in r
