@@ -8,9 +8,14 @@ one: the wait for the next batch (host pipeline and transfer) apart from the ste
 It prints a summary and, last, one JSON line with:
 - `compile_s`: lowering and compiling the train step (from JAX's persistent compilation
   cache when an earlier run compiled it: `--compilation_cache_dir=` turns it off);
-- `step_ms_median`, `step_ms_p10`, `step_ms_p90`: the step (compute), per step;
-- `input_ms_median`, `input_share`: waiting for the batch, and its share of step + wait;
-- `examples_per_s` (and `tokens_per_s` for sequence data) at the median step + wait;
+- `step_ms_median`, `step_ms_p10`, `step_ms_p90`: the step alone, each one waited for;
+- `input_ms_median`, `input_share_unoverlapped`: reading and transferring a batch, each one
+  waited for, and its share of step + read if nothing overlapped;
+- `loop_ms_per_step`: steps run as the training loop runs them (the next batch is read while
+  earlier steps compute), and `compute_ms_per_step`: the same steps on batches already on the
+  device; `input_wait_share` = (loop - compute) / loop, the share of step time spent waiting
+  for input;
+- `examples_per_s` (and `tokens_per_s` for sequence data) at the loop's rate;
 - `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so),
   `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
   in the same process, with its fraction `fraction_of_peak`;
@@ -47,8 +52,9 @@ def main(argv: list[str]) -> None:
   r = result
   print(f"{r['model']} on {r['dataset']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s)")
   print(f"compile {r['compile_s']:.2f} s; step {r['step_ms_median']:.2f} ms median "
-        f"(p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); input wait {r['input_ms_median']:.3f} ms "
-        f"({100 * r['input_share']:.1f}% of step + wait)")
+        f"(p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); reading a batch {r['input_ms_median']:.3f} ms")
+  print(f"as the training loop runs: {r['loop_ms_per_step']:.2f} ms per step against {r['compute_ms_per_step']:.2f} ms "
+        f"on batches already on the device: {100 * r['input_wait_share']:.1f}% of step time waiting for input")
   rate = f"{r['examples_per_s']:,.0f} examples/s" + (f", {r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else "")
   print(rate)
   if r["flops_per_step"]:

@@ -13,9 +13,10 @@ def test_bench_times_the_real_train_step(monkeypatch):
   r = timing.bench(config, steps=5, warmup=1, matmul_size=128)
   assert r["model"] == "mlp" and r["batch_size"] == 50 and r["devices"] == 1
   assert r["compile_s"] > 0 and 0 < r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
-  assert 0 <= r["input_share"] < 1
-  per_step_s = (r["step_ms_median"] + r["input_ms_median"]) / 1e3
-  assert r["examples_per_s"] == pytest.approx(50 / per_step_s)
+  assert 0 <= r["input_share_unoverlapped"] < 1 and 0 <= r["input_wait_share"] < 1
+  assert r["examples_per_s"] == pytest.approx(50 / (r["loop_ms_per_step"] / 1e3))
+  assert r["input_wait_share"] == pytest.approx(
+      max(0.0, r["loop_ms_per_step"] - r["compute_ms_per_step"]) / r["loop_ms_per_step"])
   # Forward and backward of a 40-64-64-10 MLP on 50 examples: about 3 x 2 x 50 x (its weights) FLOPs.
   analytic = 2 * 3 * 50 * (40 * 64 + 64 * 64 + 64 * 10)
   assert 0.5 * analytic < r["flops_per_step"] < 3 * analytic

@@ -109,8 +109,7 @@ def test_cli_reports_bad_input_without_a_traceback(args, message, tmp_path):
 
 def test_default_run_writes_everything(tmp_path):
   """`python -m experiments.run` (shortened): the files every run writes, and a reproducing flag file."""
-  proc = run_cli(f"--workdir={tmp_path}", "--steps=20", "--log_every=10", "--eval_every=10",
-                 f"--compilation_cache_dir={tmp_path}/jax-cache")
+  proc = run_cli(f"--workdir={tmp_path}", "--steps=20", "--log_every=10", "--eval_every=10")
   assert "step 20/20" in proc.stdout and "steps/s" in proc.stdout and "eval/accuracy" in proc.stdout
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["step"] == 20 and summary["num_params"] == 5210 and 0.1 < summary["eval/accuracy"] <= 1
@@ -119,7 +118,8 @@ def test_default_run_writes_everything(tmp_path):
   assert [l["step"] for l in lines if "eval/accuracy" in l] == [10, 20]
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   assert os.path.isdir(tmp_path / "checkpoints" / "20")
-  assert glob.glob(str(tmp_path / "jax-cache" / "jit_global_batch-*"))  # the compiled train step, cached
+  # The compiled train step is in the persistent compilation cache (the tests' shared one).
+  assert glob.glob(os.path.join(os.environ["JAX_COMPILATION_CACHE_DIR"], "jit_global_batch-*"))
   # The resolved flag file reproduces the run exactly, in a new workdir.
   again = tmp_path / "again"
   train_in_process(f"--flagfile={tmp_path}/flags.flags", workdir=again)
