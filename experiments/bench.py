@@ -2,19 +2,22 @@
 
     python -m experiments.bench --flagfile=experiments/flags/shakespeare_char_gpt_cpu.flags [--bench_steps=50]
 
-It builds the run exactly as `experiments.run` does (data, model, optimizer, parallelism),
-compiles the train step, runs a few warm-up steps, then times `--bench_steps` steps one by
-one: the wait for the next batch (host pipeline and transfer) apart from the step itself.
-It prints a summary and, last, one JSON line with:
-- `compile_s`: lowering and compiling the train step (from JAX's persistent compilation
-  cache when an earlier run compiled it: `--compilation_cache_dir=` turns it off);
-- `step_ms_median`, `step_ms_p10`, `step_ms_p90`: the step alone, each one waited for;
-- `input_ms_median`, `input_share_unoverlapped`: reading and transferring a batch, each one
-  waited for, and its share of step + read if nothing overlapped;
-- `loop_ms_per_step`: steps run as the training loop runs them (the next batch is read while
-  earlier steps compute), and `compute_ms_per_step`: the same steps on batches already on the
-  device; `input_wait_share` = (loop - compute) / loop, the share of step time spent waiting
-  for input;
+It builds the run exactly as `experiments.run` does (data and where it is held, model,
+optimizer, parallelism, steps per dispatch), compiles the training steps, runs a few warm-up
+steps, then times about `--bench_steps` steps (whole dispatches of `steps_per_dispatch`
+steps) three ways. It prints a summary and, last, one JSON line with:
+- `compile_s`: lowering and compiling the training steps (from JAX's persistent compilation
+  cache when an earlier run compiled them: `--compilation_cache_dir=` turns it off);
+- `feed` (`Examples`, `Windows`: batches cut on the device; `Streamed`: sent from the host)
+  and `steps_per_dispatch`;
+- `step_ms_median`, `step_ms_p10`, `step_ms_p90`: the steps alone, per step, each dispatch
+  waited for;
+- `input_ms_median`, `input_share_unoverlapped`: preparing and placing a dispatch's inputs,
+  per step, each waited for, and its share of step + input if nothing overlapped;
+- `loop_ms_per_step`: steps run as the training loop runs them (inputs prepared in a
+  background thread while earlier steps compute), and `compute_ms_per_step`: the same steps
+  with every input already on the device; `input_wait_share` = (loop - compute) / loop, the
+  share of step time spent waiting for input;
 - `examples_per_s` (and `tokens_per_s` for sequence data) at the loop's rate;
 - `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so),
   `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
@@ -50,7 +53,8 @@ def main(argv: list[str]) -> None:
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   r = result
-  print(f"{r['model']} on {r['dataset']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s)")
+  print(f"{r['model']} on {r['dataset']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s), "
+        f"{r['dtype']}; data: {r['feed']}; {r['steps_per_dispatch']} step(s) per dispatch, {r['timed_steps']} timed")
   print(f"compile {r['compile_s']:.2f} s; step {r['step_ms_median']:.2f} ms median "
         f"(p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); reading a batch {r['input_ms_median']:.3f} ms")
   print(f"as the training loop runs: {r['loop_ms_per_step']:.2f} ms per step against {r['compute_ms_per_step']:.2f} ms "

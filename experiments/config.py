@@ -106,6 +106,14 @@ class Config:
   sample_top_k: int = _field(40, "Sample from the k most likely tokens (0: all).", lower=0)
   num_samples: int = _field(64, "Generative models: samples drawn at each evaluation, written as images or "
                             "plots (the 2D mixtures are scored on them; the papers use 2,500).", lower=1)
+  steps_per_dispatch: int = _field(0, "Training steps run per dispatch to the devices (one lax.scan), never "
+                                   "across a log, evaluation or checkpoint step. 0: as many as fit in about "
+                                   "10 GFLOP (XLA's count), up to the next of those steps.", lower=0)
+  device_data_mb: float = _field(512.0, "Hold the training data on every device when it takes at most this "
+                                 "many MiB (batches are then cut on the device); larger data is streamed "
+                                 "from the host. 0: always stream.", lower=0.0)
+  dtype: str = _field("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
+                      "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
   parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
   num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
   mesh: str = _field("", "Device mesh as AXIS:SIZE pairs over the axes data and fsdp, e.g. data:2,fsdp:2 "

@@ -174,15 +174,22 @@ def per_process(global_batch: int) -> int:
 WHOLE_SPLIT_BYTES = 512 * 2**20
 
 
-def _read_whole(b: tfds.core.DatasetBuilder, split: str) -> bool:
+def read_whole(b: tfds.core.DatasetBuilder, split: str) -> bool:
+  """Whether every process reads all of `split` (see the module docstring)."""
   info = b.info.splits[split] if b.info.splits else None
   return jax.process_count() == 1 or info is None or info.num_bytes <= WHOLE_SPLIT_BYTES
+
+
+def read_split(b: tfds.core.DatasetBuilder, split: str) -> Batch:
+  """All of `split` as model inputs, one array per feature, in the split's order."""
+  ds, n = _read(b, split, whole=True)
+  return next(ds.batch(n).as_numpy_iterator())
 
 
 def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
   """Endless training batches of this process (its rows of each global batch), starting at
   batch `start_step`."""
-  whole = _read_whole(b, config.train_split)
+  whole = read_whole(b, config.train_split)
   examples, n = _read(b, config.train_split, whole)
   rows = per_process(config.batch_size)
   batch = config.batch_size if whole else rows  # the batches this process's stream is cut into
@@ -193,9 +200,7 @@ def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int =
   seed = config.seed if whole else config.seed + 1_000_003 * jax.process_index()
 
   def epoch(e):
-    if not config.shuffle:
-      return examples
-    return examples.shuffle(min(config.shuffle_buffer, n), seed=seed * 7919 + e, reshuffle_each_iteration=False)
+    return _shuffled(examples, config, n, seed, e)
 
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
   ds = ds.batch(batch, drop_remainder=True)
@@ -203,6 +208,46 @@ def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int =
     first = jax.process_index() * rows
     ds = ds.map(lambda ex: {k: v[first:first + rows] for k, v in ex.items()})
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _shuffled(ds: tf.data.Dataset, config: Config, n: int, seed: int, e: int) -> tf.data.Dataset:
+  """Epoch `e` of the `n` elements of `ds`: shuffled with a seed of (seed, e), or in order."""
+  if not config.shuffle:
+    return ds
+  return ds.shuffle(min(config.shuffle_buffer, n), seed=seed * 7919 + e, reshuffle_each_iteration=False)
+
+
+class ExampleOrder:
+  """Which examples make up each training batch, as indices into the split: the same stream
+  as `train_batches` (epoch orders from the same seeded shuffle, applied to 0..n-1 instead of
+  the examples), for a split held in memory (read whole by every process)."""
+
+  def __init__(self, config: Config, n: int):
+    if n < config.batch_size:
+      raise ConfigError(f"split {config.train_split!r} has {n} examples, fewer than a batch of {config.batch_size}")
+    self.config, self.n = config, n
+    self._orders: dict[int, np.ndarray] = {}
+
+  def _order(self, e: int) -> np.ndarray:
+    if e not in self._orders:
+      if len(self._orders) > 2:
+        self._orders.pop(min(self._orders))
+      ds = _shuffled(tf.data.Dataset.range(self.n), self.config, self.n, self.config.seed, e)
+      self._orders[e] = next(ds.batch(self.n).as_numpy_iterator()).astype(np.int32)
+    return self._orders[e]
+
+  def indices(self, step: int, k: int) -> np.ndarray:
+    """[k, rows]: this process's rows of global batches step .. step + k - 1."""
+    batch = self.config.batch_size
+    positions = step * batch + np.arange(k * batch)
+    epochs, within = np.divmod(positions, self.n)
+    out = np.empty(len(positions), np.int32)
+    for e in np.unique(epochs):
+      at = epochs == e
+      out[at] = self._order(int(e))[within[at]]
+    rows = per_process(batch)
+    first = jax.process_index() * rows
+    return out.reshape(k, batch)[:, first:first + rows]
 
 
 # Evaluation splits up to this size (on disk) are kept in memory after the first pass.
@@ -291,9 +336,16 @@ class Text:
       raise ConfigError(f"split {name!r} has {len(tokens)} characters, too few for --block_size={block_size}")
     return tokens
 
+  def flat(self, split: str, block_size: int) -> np.ndarray:
+    """The split's tokens, which `starts` index."""
+    return self.split(split, block_size)
+
+  def starts(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> np.ndarray:
+    """Where `batch` random windows of `block_size` + 1 tokens start in `flat(split)`."""
+    return rng.integers(0, len(self.split(split, block_size)) - block_size, size=batch)
 
   def windows(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
-    return windows(self.split(split, block_size), rng, batch, block_size)
+    return cut_windows(self.flat(split, block_size), self.starts(split, rng, batch, block_size), block_size)
 
 
 def _audio_key(b: tfds.core.DatasetBuilder) -> str | None:
@@ -323,7 +375,7 @@ class Audio:
     self.sample_rate = int(feature.sample_rate or 16_000)
     self.levels = 256
     self.clips: dict[str, list[np.ndarray]] = {}
-    self._eligible_cache: dict[tuple[str, int], tuple[list[np.ndarray], np.ndarray]] = {}
+    self._eligible_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for split in list(b.info.splits) or splits:
       ds = b.as_dataset(split=split, shuffle_files=False)
       self.clips[split] = [wavenet.mu_law_encode(_to_float(ex[key]), self.levels).astype(np.int32)
@@ -331,22 +383,32 @@ class Audio:
     self.tokenizer = Tokenizer(self.levels, lambda audio: wavenet.mu_law_encode(np.asarray(audio), self.levels),
                                lambda ids: wavenet.mu_law_decode(np.asarray(ids), self.levels))
 
-  def _eligible(self, split: str, block_size: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The clips longer than a window, and how many windows each holds (computed once)."""
+  def _eligible(self, split: str, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clips longer than a window, end to end as uint8 mu-law ids; where each starts in
+    them; how many windows each holds (computed once)."""
     key = (split, block_size)
     if key not in self._eligible_cache:
       clips = [c for c in self.clips[split] if len(c) > block_size]
       if not clips:
         raise ConfigError(f"split {split!r} has no clip longer than --block_size={block_size} samples")
-      self._eligible_cache[key] = clips, np.array([len(c) - block_size for c in clips], np.float64)
+      offsets = np.cumsum([0] + [len(c) for c in clips[:-1]])
+      self._eligible_cache[key] = (np.concatenate(clips).astype(np.uint8), offsets,
+                                   np.array([len(c) - block_size for c in clips], np.float64))
     return self._eligible_cache[key]
 
+  def flat(self, split: str, block_size: int) -> np.ndarray:
+    """The clips of the split that hold a window, end to end, which `starts` index."""
+    return self._eligible(split, block_size)[0]
+
+  def starts(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> np.ndarray:
+    """Where `batch` random windows of `block_size` + 1 samples start in `flat(split)`: a
+    clip drawn in proportion to its windows, then a window inside it."""
+    _, offsets, counts = self._eligible(split, block_size)
+    which = rng.choice(len(counts), size=batch, p=counts / counts.sum())
+    return offsets[which] + (rng.random(batch) * counts[which]).astype(np.int64)
+
   def windows(self, split: str, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
-    clips, counts = self._eligible(split, block_size)
-    which = rng.choice(len(clips), size=batch, p=counts / counts.sum())
-    starts = (rng.random(batch) * counts[which]).astype(np.int64)
-    xs = np.stack([clips[c][s:s + block_size + 1] for c, s in zip(which, starts)])
-    return {"x": xs[:, :-1], "y": xs[:, 1:]}
+    return cut_windows(self.flat(split, block_size), self.starts(split, rng, batch, block_size), block_size)
 
 
 def _to_float(audio: np.ndarray) -> np.ndarray:
@@ -368,10 +430,10 @@ def tokenizer(b: tfds.core.DatasetBuilder, text: Text | None = None) -> Tokenize
   return None
 
 
-def windows(tokens: np.ndarray, rng: np.random.Generator, batch: int, block_size: int) -> Batch:
-  """`batch` random windows of `block_size` tokens (x) and the same shifted by one (y)."""
-  start = rng.integers(0, len(tokens) - block_size, size=batch)[:, None] + np.arange(block_size)
-  return {"x": tokens[start], "y": tokens[start + 1]}
+def cut_windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> Batch:
+  """The windows of `block_size` tokens at `starts` (x) and the same shifted by one (y), as int32."""
+  index = np.asarray(starts)[:, None] + np.arange(block_size)
+  return {"x": tokens[index].astype(np.int32), "y": tokens[index + 1].astype(np.int32)}
 
 
 def _own_rows(batch: Batch, global_batch: int) -> Batch:
@@ -381,14 +443,21 @@ def _own_rows(batch: Batch, global_batch: int) -> Batch:
   return {k: v[first:first + rows] for k, v in batch.items()}
 
 
+def train_window_starts(config: Config, text: Text | Audio, step: int) -> np.ndarray:
+  """Where the windows of global training batch `step` start in `text.flat(train split)`:
+  a function of (seed, step) only."""
+  rng = np.random.default_rng([config.seed, 0, step])  # the 0 names the stream of training windows
+  return text.starts(config.train_split, rng, config.batch_size, config.block_size)
+
+
 def text_batches(config: Config, text: Text | Audio, start_step: int = 0) -> Iterator[Batch]:
   """Endless random windows from the training split (text or audio); global batch i depends
   only on (seed, i), and each process keeps its rows."""
-  text.windows(config.train_split, np.random.default_rng(0), 1, config.block_size)  # fail early
+  flat = text.flat(config.train_split, config.block_size)  # fails early if no window fits
   step = start_step
-  while True:  # the 0 names the stream of training windows
-    rng = np.random.default_rng([config.seed, 0, step])
-    yield _own_rows(text.windows(config.train_split, rng, config.batch_size, config.block_size), config.batch_size)
+  while True:
+    windows = cut_windows(flat, train_window_starts(config, text, step), config.block_size)
+    yield _own_rows(windows, config.batch_size)
     step += 1
 
 

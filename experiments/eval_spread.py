@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top  (after flag parsing)
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from experiments import config as config_lib, data, train  # pylint: disable=g-import-not-at-top
+  from experiments import config as config_lib, train  # pylint: disable=g-import-not-at-top
 
   try:
     config, source, model, _, params, _ = train.restore(FLAGS.workdir)
@@ -39,11 +39,11 @@ def main(argv: list[str]) -> None:
     logits = model.apply({"params": params}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(np.float32), y).mean(-1)
 
-  tokens = source.text.split(config.eval_split, config.block_size)
+  text, split = source.text, config.eval_split
   rng = np.random.default_rng(FLAGS.seed)
   estimates, losses = [], []
   for _ in range(FLAGS.draws):
-    batch = data.windows(tokens, rng, FLAGS.windows, config.block_size)
+    batch = text.windows(split, rng, FLAGS.windows, config.block_size)
     losses.append(np.asarray(window_losses(batch["x"], batch["y"])))
     estimates.append(losses[-1].mean())
   losses, estimates = np.concatenate(losses), np.array(estimates)

@@ -100,6 +100,7 @@ class DataParallel:
     self.mesh = Mesh(np.asarray(devices).reshape(self.sizes["data"], self.sizes["fsdp"]), AXES)
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXES))  # the batch: split over every device
+    self.sharded_items = NamedSharding(self.mesh, P(None, AXES))  # [steps, batch, ...]: split by batch
 
   @property
   def num_devices(self) -> int:
@@ -144,6 +145,41 @@ class DataParallel:
       n = len(self.local_devices)
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
+
+  def put_items(self, items: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows of k steps' feed items, [k, rows, ...] -> split over devices by row
+    (pmap: [devices, k, rows / devices, ...])."""
+    if self.mode == "pmap":
+      n = len(self.local_devices)
+      return jax.tree.map(lambda x: np.swapaxes(x.reshape((x.shape[0], n, x.shape[1] // n) + x.shape[2:]), 0, 1),
+                          items)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded_items, x), items)
+
+  def put_resident(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Arrays every process holds whole -> one copy on every device."""
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index]),
+                        arrays)
+
+  def compile_steps(self, step: Callable[..., Any], take: Callable[..., Any], state_sharding: Any) -> Callable[..., Any]:
+    """`(state, resident, items, rng) -> (state, metrics)`: `step(state, batch, rng, axis_name=...)`
+    run once for each of the k items (a `lax.scan`: one dispatch), each step's batch
+    `take(resident, item)`; metrics come stacked, [k, ...]. The state is donated."""
+
+    def steps(state, resident, items, rng, axis_name):
+      def body(state, item):
+        return step(state, take(resident, item), rng, axis_name=axis_name)
+      return jax.lax.scan(body, state, items)
+
+    if self.mode == "pmap":
+      def train_steps_per_device(state, resident, items, rng):
+        return steps(state, resident, items, rng, AXIS)
+      return jax.pmap(train_steps_per_device, axis_name=AXIS, in_axes=(None, None, 0, None), out_axes=None,
+                      devices=self.pmap_devices, donate_argnums=(0,))
+
+    def train_steps(state, resident, items, rng):
+      return steps(state, resident, items, rng, None)
+    return jax.jit(train_steps, in_shardings=(state_sharding, self.replicated, self.sharded_items, self.replicated),
+                   out_shardings=(state_sharding, self.replicated), donate_argnums=(0,))
 
   def compile(self, step: Callable[..., Any], state_sharding: Any, *, returns_state: bool) -> Callable[..., Any]:
     """`step(state, batch, *rest, axis_name=...)` on all devices; it returns `(state, metrics)`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import resource
 import statistics
 import time
@@ -36,9 +37,11 @@ def _flops(compiled: Any) -> float | None:
 
 
 def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_size: int = 1024) -> dict[str, Any]:
-  """Times `steps` train steps of `config`; returns the figures described in the module docstring."""
+  """Times about `steps` train steps of `config` as the training loop runs them (in dispatches
+  of `k` steps, `--steps_per_dispatch`); returns the figures of the module docstring of
+  `experiments.bench`."""
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import data, train  # pylint: disable=g-import-not-at-top
+  from experiments import data, feed as feed_lib, train  # pylint: disable=g-import-not-at-top
   from experiments.parallel import DataParallel  # pylint: disable=g-import-not-at-top
 
   par = DataParallel(config.parallel, config.num_devices, config.mesh)
@@ -49,51 +52,64 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   abstract = jax.eval_shape(lambda: train.init_state(model, tx, source.example, init_key))
   sharding = par.state_sharding(abstract)
   state = train.init_state(model, tx, source.example, init_key, sharding)
-  p_train = par.compile(functools.partial(train.train_step, model=model, objective=objective, tx=tx,
-                                          schedule=schedule), sharding, returns_state=True)
-  batches = data.batches(config, source)
-  batch = par.put_batch(next(batches))
-  t = time.perf_counter()
-  compiled = p_train.lower(state, batch, step_key).compile()
-  compile_s = time.perf_counter() - t
-  flops = _flops(compiled) if config.parallel == "jit" else None
+  feed = feed_lib.make(config, source)
+  resident = par.put_resident(feed.resident)
+  dtype = jax.numpy.bfloat16 if config.dtype == "bfloat16" else None
+  p_steps = par.compile_steps(functools.partial(train.train_step, model=model, objective=objective, tx=tx,
+                                                schedule=schedule, dtype=dtype), feed.take, sharding)
+  compiled = train.Steps(config, p_steps, par, feed, state, resident, step_key, 0)
+  k = compiled.k
+  run = compiled.executable(k)
+  compile_s = compiled.compile_s
+  flops = _flops(run) if config.parallel == "jit" else compiled.flops_per_step(k)
+  chunks = max(1, math.ceil(steps / k))
 
-  for _ in range(warmup):
-    state, _ = compiled(state, par.put_batch(next(batches)), step_key)
+  step = 0
+
+  def items():
+    nonlocal step
+    placed = par.put_items(feed.items(step, k))
+    step += k
+    return placed
+
+  for _ in range(max(1, math.ceil(warmup / k))):
+    state, _ = run(state, resident, items(), step_key)
   jax.block_until_ready(state)
   step_s, input_s = [], []
-  for _ in range(steps):
+  for _ in range(chunks):  # each dispatch waited for: its items, then its steps
     t0 = time.perf_counter()
-    batch = par.put_batch(next(batches))
-    jax.block_until_ready(batch)
+    placed = jax.block_until_ready(items())
     t1 = time.perf_counter()
-    state, metrics = compiled(state, batch, step_key)
+    state, metrics = run(state, resident, placed, step_key)
     jax.block_until_ready((state, metrics))
     t2 = time.perf_counter()
-    input_s.append(t1 - t0)
-    step_s.append(t2 - t1)
+    input_s.append((t1 - t0) / k)
+    step_s.append((t2 - t1) / k)
 
-  # As the training loop runs: the next batch is read while earlier steps compute (JAX
-  # dispatches asynchronously), against the same steps on batches already on the device.
-  staged = [par.put_batch(next(batches)) for _ in range(steps)]
+  # As the training loop runs (the items of later dispatches prepared in a background thread
+  # while earlier ones compute), against the same steps with every item already on the device.
+  staged = [items() for _ in range(chunks)]
   jax.block_until_ready((state, staged))
   t = time.perf_counter()
-  for batch in staged:
-    state, _ = compiled(state, batch, step_key)
+  for placed in staged:
+    state, _ = run(state, resident, placed, step_key)
   jax.block_until_ready(state)
-  compute_s = (time.perf_counter() - t) / steps
+  compute_s = (time.perf_counter() - t) / (chunks * k)
+  prefetch = feed_lib.Prefetch(feed, [(step + i * k, k) for i in range(chunks)], par.put_items)
   t = time.perf_counter()
-  for _ in range(steps):
-    state, _ = compiled(state, par.put_batch(next(batches)), step_key)
+  for _, _, placed in prefetch:
+    state, _ = run(state, resident, placed, step_key)
   jax.block_until_ready(state)
-  loop_s = (time.perf_counter() - t) / steps
+  loop_s = (time.perf_counter() - t) / (chunks * k)
+  prefetch.close()
 
   median_step, median_input = statistics.median(step_s), statistics.median(input_s)
   deciles = statistics.quantiles(step_s, n=10) if len(step_s) > 1 else [median_step] * 9
   peak = peak_matmul(matmul_size)
   result = {
       "model": config.model, "dataset": config.dataset, "batch_size": config.batch_size,
-      "devices": par.num_devices, "platform": jax.devices()[0].platform,
+      "devices": par.num_devices, "platform": jax.devices()[0].platform, "dtype": config.dtype,
+      "feed": type(feed).__name__, "steps_per_dispatch": k, "timed_steps": chunks * k,
       "compile_s": compile_s,
       "step_ms_median": 1e3 * median_step, "step_ms_p10": 1e3 * deciles[0], "step_ms_p90": 1e3 * deciles[-1],
       "input_ms_median": 1e3 * median_input, "input_share_unoverlapped": median_input / (median_step + median_input),

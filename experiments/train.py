@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -28,6 +28,7 @@ import optax
 
 import nets
 from experiments import checkpoint, data, logs, optim, samples
+from experiments import feed as feed_lib
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
 from experiments.parallel import DataParallel
@@ -51,16 +52,17 @@ class NonFiniteLoss(RuntimeError):
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
-               schedule: Callable[[Any], Any], axis_name: str | None = None
+               schedule: Callable[[Any], Any], axis_name: str | None = None, dtype: Any = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on one device's view of the batch (see experiments.parallel)."""
+  """One optimisation step on one device's view of the batch (see experiments.parallel);
+  the model computes in `dtype` (None: float32; see nets.apply)."""
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # each device draws its own dropout masks
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   model_rng, objective_rng = jax.random.split(rng)
 
   def loss_fn(params):
-    apply = Apply(model, params, state.model_state, model_rng, train=True)
+    apply = Apply(model, params, state.model_state, model_rng, train=True, dtype=dtype)
     per_example = objective(apply, batch, objective_rng)
     return jnp.mean(per_example["loss"]), (per_example, apply.new_model_state)
 
@@ -79,13 +81,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-              model: nn.Module, objective: nets.objectives.Objective, axis_name: str | None = None
-              ) -> dict[str, jax.Array]:
+              model: nn.Module, objective: nets.objectives.Objective, axis_name: str | None = None,
+              dtype: Any = None) -> dict[str, jax.Array]:
   """Sums of the per-example metrics over the unmasked examples, and their count."""
   batch = dict(batch)
   mask = batch.pop("mask")
   model_rng, objective_rng = jax.random.split(rng)
-  apply = Apply(model, state.params, state.model_state, model_rng, train=False)
+  apply = Apply(model, state.params, state.model_state, model_rng, train=False, dtype=dtype)
   per_example = getattr(objective, "evaluate", objective)(apply, batch, objective_rng)
   sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
   sums["count"] = jnp.sum(mask)
@@ -197,33 +199,97 @@ def count_params(params: Any) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def evaluate(p_eval: Callable, state: TrainState, batches, par: DataParallel, rng: jax.Array,
-             prefix: str) -> dict[str, float]:
+def evaluate(p_eval: Callable, state: TrainState, batches: Iterable, rng: jax.Array, prefix: str) -> dict[str, float]:
+  """Means of the per-example metrics over the evaluation `batches` (on the devices)."""
   totals = None
   for batch in batches:
-    sums = p_eval(state, par.put_batch(batch), rng)
+    sums = p_eval(state, batch, rng)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = max(float(totals.pop("count")), 1.0)
   return {f"{prefix}/{k}": float(v) / count for k, v in totals.items()}
 
 
+# --steps_per_dispatch=0 runs as many steps per dispatch as fit in about this many FLOPs
+# (XLA's count): a fraction of a second on a CPU, far less on an accelerator, so a run
+# still answers SIGTERM promptly, while the per-dispatch overhead of tiny steps vanishes.
+DISPATCH_FLOPS = 1e10
+
+
+class Steps:
+  """The run's training steps compiled for each number of steps per dispatch it uses.
+
+  `executable(k)` lowers and compiles `k` steps per dispatch once; `compile_s` adds up the
+  time spent doing so. `k` is `--steps_per_dispatch`, or by default the largest divisor of
+  the loop's period (the gcd of --steps, --log_every, --eval_every and --checkpoint_every)
+  whose steps fit in `DISPATCH_FLOPS`, counted by XLA's cost analysis of the lowered step.
+  """
+
+  def __init__(self, config: Config, p_steps: Callable, par: DataParallel, feed: feed_lib.Feed,
+               state: TrainState, resident: Any, rng: jax.Array, start_step: int):
+    self._p_steps, self._par, self._args = p_steps, par, (state, resident, rng)
+    self._one = par.put_items(feed.items(start_step, 1))  # one step's items, for their shapes
+    self._lowered: dict[int, Any] = {}
+    self._compiled: dict[int, Any] = {}
+    self.compile_s = 0.0
+    period = math.gcd(*[p for p in (config.steps, config.log_every, config.eval_every, config.checkpoint_every) if p])
+    if config.steps_per_dispatch:
+      self.k = config.steps_per_dispatch
+    else:
+      flops = self.flops_per_step(period)
+      budget = max(1, int(DISPATCH_FLOPS // flops)) if flops else 1
+      self.k = max(d for d in range(1, min(period, budget) + 1) if period % d == 0)
+
+  def _abstract_items(self, k: int) -> Any:
+    """Items of k steps to lower for: their shapes (pmap: host zeros [devices, k, ...], the
+    process-local arrays pmap takes)."""
+    if self._par.mode == "pmap":
+      return jax.tree.map(lambda x: np.zeros((x.shape[0], k) + x.shape[2:], x.dtype), self._one)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((k,) + x.shape[1:], x.dtype, sharding=x.sharding), self._one)
+
+  def _lower(self, k: int) -> Any:
+    if k not in self._lowered:
+      t = time.perf_counter()
+      state, resident, rng = self._args
+      self._lowered[k] = self._p_steps.lower(state, resident, self._abstract_items(k), rng)
+      self.compile_s += time.perf_counter() - t
+    return self._lowered[k]
+
+  def flops_per_step(self, k: int = 1) -> float | None:
+    """XLA's count of one step's FLOPs (a scan's body is counted once); None if XLA gives none
+    (e.g. pmap over several processes)."""
+    try:
+      analysis = self._lower(k).cost_analysis()
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if isinstance(analysis, (list, tuple)):
+      analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+  def executable(self, k: int) -> Callable:
+    """The compiled steps for k steps per dispatch. Under pmap, the pmapped function itself
+    (its compiled form wants global shapes; the call takes each process's own), which
+    compiles on its first call."""
+    if self._par.mode == "pmap":
+      return self._p_steps
+    if k not in self._compiled:
+      lowered = self._lower(k)
+      t = time.perf_counter()
+      self._compiled[k] = lowered.compile()
+      self.compile_s += time.perf_counter() - t
+    return self._compiled[k]
+
+
 class _StepClock:
-  """Time spent in training steps, the first (compiling) step and paused spans excluded."""
+  """Time spent in training steps, compilation and paused spans excluded."""
 
   def __init__(self, start_step: int, total_steps: int):
     self.total_steps = total_steps
-    self.first_step_s = math.nan
-    self._t_start = time.perf_counter()
-    self._origin = (start_step, self._t_start)  # after the first step: (step, time)
+    self._origin = (start_step, time.perf_counter())
     self._lap = self._origin
     self._paused = 0.0  # seconds paused since the last lap
     self._paused_total = 0.0
-
-  def first_step_done(self) -> None:
-    now = time.perf_counter()
-    self.first_step_s = now - self._t_start
-    self._origin = self._lap = (self._origin[0] + 1, now)
 
   @contextlib.contextmanager
   def paused(self):
@@ -301,6 +367,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
+  train_start = time.perf_counter()
   example = source.example
   key = jax.random.key(config.seed)
   init_key, step_key, eval_key = jax.random.split(key, 3)
@@ -324,44 +391,52 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, state_sharding))
 
-  p_train = par.compile(functools.partial(train_step, model=model, objective=objective, tx=tx,
-                                          schedule=schedule), state_sharding, returns_state=True)
-  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective), state_sharding,
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+  feed = feed_lib.make(config, source)
+  resident = par.put_resident(feed.resident)
+  p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
+                                                schedule=schedule, dtype=dtype), feed.take, state_sharding)
+  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective, dtype=dtype), state_sharding,
                        returns_state=False)
-  eval_batches = data.eval_batches(config, source)
-  batches = data.batches(config, source, start_step)
-  write_samples = samples.writer(config, model, objective, source, eval_batches, workdir)
+  host_eval_batches = data.eval_batches(config, source)
+  eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.device_data_mb * 2**20)
+  write_samples = samples.writer(config, model, objective, source, host_eval_batches, workdir)
+  steps = Steps(config, p_steps, par, feed, state, resident, step_key, start_step)
+  log.info(f"{feed.describe()}; {steps.k} step(s) per dispatch")
 
   def run_eval(step: int) -> dict[str, float]:
     extra = write_samples(state, step) if write_samples else {}
-    return {**evaluate(p_eval, state, eval_batches, par, eval_key, "eval"),
+    return {**evaluate(p_eval, state, eval_batches, eval_key, "eval"),
             **{f"eval/{k}": float(v) for k, v in extra.items()}}
 
-  pending: list[dict[str, jax.Array]] = []  # metrics on device, fetched when logged
+  pending: list[dict[str, jax.Array]] = []  # metrics on device, [k] per dispatch, fetched when logged
   last_good = start_step
 
   def flush(step: int) -> dict[str, float]:
     """Fetches pending metrics; raises NonFiniteLoss (keeping checkpoints) on NaN/inf."""
-    fetched = jax.device_get(pending)
+    fetched = {k: np.concatenate([np.asarray(m[k]).reshape(-1) for m in jax.device_get(pending)])
+               for k in pending[0]}
     pending.clear()
-    losses = np.array([m["train/loss"] for m in fetched])
+    losses = fetched["train/loss"]
     if not np.all(np.isfinite(losses)):
       bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
       raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. "
                           f"The last good checkpoint (step {last_good}) is kept in {ckpts.directory}")
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    return {k: float(np.mean(v)) for k, v in fetched.items()}
 
+  chunks = feed_lib.plan(start_step, config.steps, steps.k, (config.log_every, config.eval_every,
+                                                             config.checkpoint_every))
+  for k in sorted({k for _, k in chunks}, reverse=True):  # compiled before the clock starts
+    steps.executable(k)
   clock = _StepClock(start_step, config.steps)
   step = start_step
+  prefetch = feed_lib.Prefetch(feed, chunks, par.put_items)
   with _SigtermFlag() as sigterm:
     try:
-      while step < config.steps:
-        state, metrics = p_train(state, par.put_batch(next(batches)), step_key)
+      for first, k, items in prefetch:
+        state, metrics = steps.executable(k)(state, resident, items, step_key)
         pending.append(metrics)
-        step += 1
-        if step == start_step + 1:  # the first step compiles: time it apart
-          jax.block_until_ready(state)
-          clock.first_step_done()
+        step = first + k
         done = step == config.steps
         should_log = step % config.log_every == 0 or done
         should_eval = (config.eval_every and step % config.eval_every == 0) or done
@@ -372,6 +447,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
             rate, eta = clock.lap(step)
             log.progress(step, means, rate, eta)
             log.write(step, {**means, **({"train/steps_per_sec": rate} if rate else {})})
+        if (should_eval and not done) or should_save or sigterm.raised:
+          jax.block_until_ready(state)  # the steps' time ends here, before the clock pauses
         with clock.paused():  # evaluation and checkpoints do not count as training time
           if should_eval and not done:
             log.write(step, run_eval(step))
@@ -387,6 +464,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       ckpts.close()
       log.close()
       raise
+    finally:
+      prefetch.close()
 
   final = run_eval(step)
   log.write(step, final)
@@ -396,7 +475,10 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       "step": step,
       "num_params": num_params,
       "wall_time_s": time.perf_counter() - start_time,
-      "first_step_s": clock.first_step_s,  # compilation included
+      "train_time_s": time.perf_counter() - train_start,  # compiling, training and evaluating
+      "compile_s": steps.compile_s,  # the training steps'
+      "steps_per_dispatch": steps.k,
+      "feed": type(feed).__name__,  # Examples, Windows (held on the devices) or Streamed
       "train_steps_per_sec": clock.steps_per_sec(step),
   }
   if tokens_per_step:

@@ -1,9 +1,21 @@
 """Activation functions chosen by name."""
 
+import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """The exact GELU, x * Phi(x), as PyTorch computes it: 0.5 x (1 + erf(x / sqrt 2)).
+
+  `jax.nn.gelu(x, approximate=False)` uses erfc, which XLA's CPU backend evaluates with two
+  branches and an exponential; erf is one rational polynomial, and the two differ by at most
+  1e-6 (in the far negative tail, where GELU is ~0).
+  """
+  return x * (0.5 + 0.5 * jax.lax.erf(x * (1 / math.sqrt(2))))
+
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,

@@ -5,20 +5,34 @@ Objectives receive one and call it like a function: `apply(x)` runs the module's
 key. `apply.frozen(...)` runs the model with its parameters under `stop_gradient`, so a
 loss term differentiates through the model into its inputs but never moves its
 parameters (e.g. the generator's loss through a GAN's discriminator).
+
+With a compute `dtype` (mixed precision, e.g. bfloat16) each call casts the floating-point
+parameters and inputs to it and the floating-point outputs back to float32: parameters,
+their gradients, optimizer state, model state and losses stay float32.
 """
 
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+  """Every floating-point array of `tree` as `dtype`; other leaves unchanged."""
+  def cast(x):
+    return x.astype(dtype) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+  return jax.tree.map(cast, tree)
 
 
 class Apply:
   """Runs `model` with bound variables and randomness; records updated model state."""
 
-  def __init__(self, model: nn.Module, params: Any, model_state: Any, rng: jax.Array, train: bool):
+  def __init__(self, model: nn.Module, params: Any, model_state: Any, rng: jax.Array, train: bool,
+               dtype: Any = None):
     self.model, self.params, self.model_state = model, params, model_state
     self.rng, self.train = rng, train
+    self.dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
     self.new_model_state = model_state
     self._calls = 0
 
@@ -36,10 +50,15 @@ class Apply:
   def _run(self, params, *args, **kwargs):
     rng = jax.random.fold_in(self.rng, self._calls)  # distinct randomness per call
     self._calls += 1
+    if self.dtype is not None:
+      params, args, kwargs = cast_floating((params, args, kwargs), self.dtype)
     variables = {"params": params, **self.new_model_state}  # earlier calls' updates (e.g. batch norm) kept
     if self.train and self.model_state:
       out, updated = self.model.apply(variables, *args, train=True, rngs={"dropout": rng},
                                       mutable=list(self.model_state), **kwargs)
+      if self.dtype is not None:
+        updated = cast_floating(dict(updated), jnp.float32)
       self.new_model_state = {**self.new_model_state, **dict(updated)}
-      return out
-    return self.model.apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
+    else:
+      out = self.model.apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
+    return out if self.dtype is None else cast_floating(out, jnp.float32)

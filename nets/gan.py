@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from nets import activations
+from nets.conv import Conv
 from nets.registry import register
 
 GAN_LOSSES = ("non_saturating", "hinge", "wgan_gp")
@@ -209,7 +210,7 @@ class ConvDiscriminator(nn.Module):
     del train
     h = x
     for i in range(self.downsamplings):
-      h = _leaky_relu(nn.Conv(self.features * 2**i, (4, 4), strides=(2, 2), padding="SAME")(h))
+      h = _leaky_relu(Conv(self.features * 2**i, (4, 4), strides=(2, 2), padding="SAME")(h))
     h = h.reshape(h.shape[0], -1)
     logit = nn.Dense(1)(h)[:, 0]
     if self.num_classes:

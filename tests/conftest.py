@@ -38,6 +38,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bo
 
 @pytest.fixture(scope="session")
 def tfds_dir():
+  os.makedirs(os.environ["TFDS_DATA_DIR"], exist_ok=True)
   return os.environ["TFDS_DATA_DIR"]
 
 

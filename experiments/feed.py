@@ -1,0 +1,208 @@
+"""How training batches reach the compiled steps: held on the devices, or sent from the host.
+
+The training loop runs several steps per dispatch (a `lax.scan` over `k` steps, see
+`experiments.parallel.DataParallel.compile_steps`). A `Feed` gives those steps their batches:
+- `resident`: arrays placed on the devices once, for the whole run (maybe none);
+- `items(step, k)`: this process's host arrays, shaped [k, rows, ...], that select the
+  batches of steps step .. step + k - 1;
+- `take(resident, item)`: one step's batch, computed inside the compiled step.
+
+`make` chooses one of three, all giving the very batches `experiments.data` streams (so the
+numbers do not depend on the choice):
+- `Examples`: a split of labelled examples (or images) of at most `--device_data_mb` is held
+  on the devices; an item is the indices of a batch's examples (`data.ExampleOrder`, the
+  tf.data stream's order) and the step gathers them;
+- `Windows`: text and audio held in memory are held on the devices as one token array; an item
+  is where each window starts (drawn on the host from (seed, step) as `data.text_batches`
+  draws them) and the step slices the windows;
+- `Streamed`: anything larger, or `--device_data_mb=0`: tf.data reads the batches and an item
+  is the batch itself.
+
+`Prefetch` prepares the items of the coming dispatches in a background thread and puts them
+on the devices, so the host never holds up the device.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import data
+from experiments.config import Config
+
+Items = dict[str, np.ndarray]
+
+
+class Feed:
+  """Training batches as the compiled steps take them (see the module docstring)."""
+
+  kind = ""
+  resident: dict[str, np.ndarray] = {}
+
+  def items(self, step: int, k: int) -> Items:
+    raise NotImplementedError
+
+  def take(self, resident: dict[str, jax.Array], item: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    raise NotImplementedError
+
+  def describe(self) -> str:
+    size = sum(v.nbytes for v in self.resident.values()) / 2**20
+    return f"training data {self.kind}" + (f" ({size:.1f} MiB on each device)" if self.resident else "")
+
+
+class Streamed(Feed):
+  """Batches read on the host (`data.batches`) and sent with every dispatch."""
+
+  kind = "streamed from the host"
+
+  def __init__(self, config: Config, source: data.Source):
+    self._config, self._source = config, source
+    self._stream: Iterator[data.Batch] | None = None
+    self._next = -1
+
+  def items(self, step: int, k: int) -> Items:
+    if step != self._next:  # the first call, or a jump: restart the stream at `step`
+      self._stream = data.batches(self._config, self._source, step)
+    batches = [next(self._stream) for _ in range(k)]
+    self._next = step + k
+    if k == 1:
+      return {key: value[None] for key, value in batches[0].items()}
+    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+  def take(self, resident, item):
+    del resident
+    return item
+
+
+class Examples(Feed):
+  """A split held on the devices; each step gathers its examples by index."""
+
+  kind = "held on the devices"
+
+  def __init__(self, config: Config, arrays: dict[str, np.ndarray]):
+    self.resident = arrays
+    self._order = data.ExampleOrder(config, len(next(iter(arrays.values()))))
+
+  def items(self, step: int, k: int) -> Items:
+    return {"index": self._order.indices(step, k)}
+
+  def take(self, resident, item):
+    return {key: jnp.take(value, item["index"], axis=0) for key, value in resident.items()}
+
+
+class Windows(Feed):
+  """Text or audio held on the devices as one token array; each step slices its windows."""
+
+  kind = "held on the devices (windows cut on the device)"
+
+  def __init__(self, config: Config, sequences: data.Text | data.Audio):
+    self._config, self._sequences = config, sequences
+    self.resident = {"tokens": sequences.flat(config.train_split, config.block_size)}
+
+  def items(self, step: int, k: int) -> Items:
+    starts = np.stack([data.train_window_starts(self._config, self._sequences, s) for s in range(step, step + k)])
+    rows = data.per_process(self._config.batch_size)
+    first = jax.process_index() * rows
+    return {"start": starts[:, first:first + rows].astype(np.int32)}
+
+  def take(self, resident, item):
+    index = item["start"][:, None] + jnp.arange(self._config.block_size + 1)
+    windows = jnp.take(resident["tokens"], index, axis=0).astype(jnp.int32)
+    return {"x": windows[:, :-1], "y": windows[:, 1:]}
+
+
+class DeviceBatches:
+  """Re-iterable evaluation batches on the devices: the first pass puts each batch there and,
+  when they take at most `limit` bytes in all, keeps them for the next passes."""
+
+  def __init__(self, batches: Iterable[data.Batch], put: Callable[[data.Batch], Any], limit: float):
+    self._batches, self._put, self._limit = batches, put, limit
+    self._kept: list[Any] | None = None
+
+  def __iter__(self) -> Iterator[Any]:
+    if self._kept is not None:
+      yield from self._kept
+      return
+    kept: list[Any] | None = []
+    size = 0
+    for batch in self._batches:
+      placed = self._put(batch)
+      yield placed
+      if kept is not None:
+        size += sum(v.nbytes for v in batch.values())
+        kept = kept + [placed] if size <= self._limit else None
+    self._kept = kept
+
+
+def make(config: Config, source: data.Source) -> Feed:
+  """The run's feed: on the devices when the training data fits `--device_data_mb` (and, for
+  a split of examples, when the run reads all of it: a short run only reads its batches)."""
+  limit = config.device_data_mb * 2**20
+  if source.windows is not None:
+    flat = source.windows.flat(config.train_split, config.block_size)
+    return Windows(config, source.windows) if flat.nbytes <= limit else Streamed(config, source)
+  b = source.builder
+  info = b.info.splits[config.train_split] if b.info.splits else None
+  per_example = sum(v.nbytes for v in source.example.values())  # a batch of one
+  if (info is None or not data.read_whole(b, config.train_split) or info.num_examples * per_example > limit
+      or info.num_examples > config.steps * config.batch_size):
+    return Streamed(config, source)
+  return Examples(config, data.read_split(b, config.train_split))
+
+
+def plan(start: int, stop: int, k: int, periods: Sequence[int]) -> list[tuple[int, int]]:
+  """(first step, steps) of each dispatch from `start` to `stop`: `k` steps at a time, never
+  across a multiple of one of `periods` (when the loop logs, evaluates or checkpoints)."""
+  periods = [p for p in periods if p > 0]
+  chunks, step = [], start
+  while step < stop:
+    end = min([stop, step + k] + [(step // p + 1) * p for p in periods])
+    chunks.append((step, end - step))
+    step = end
+  return chunks
+
+
+class Prefetch:
+  """Iterates over `(step, k, device items)` for the planned dispatches; a background thread
+  reads and places them `depth` dispatches ahead of the consumer."""
+
+  def __init__(self, feed: Feed, chunks: list[tuple[int, int]], put: Callable[[Items], Any], depth: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._work, args=(feed, chunks, put), daemon=True)
+    self._thread.start()
+
+  def _work(self, feed, chunks, put):
+    try:
+      for step, k in chunks:
+        item = (step, k, put(feed.items(step, k)))
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if self._stop.is_set():
+          return
+      self._queue.put(StopIteration())
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised in the consumer)
+      self._queue.put(e)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> tuple[int, int, Any]:
+    item = self._queue.get()
+    if isinstance(item, BaseException):
+      self._queue.put(item)  # every later call raises it too
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join(timeout=10)
