@@ -50,6 +50,9 @@ def main(argv: list[str]) -> None:
     config = config_lib.from_flags(FLAGS)
     compile_cache.enable()
     result = timing.bench(config, FLAGS.bench_steps, FLAGS.warmup_steps_bench, FLAGS.matmul_size)
+    flagfile = FLAGS["flagfile"].value if "flagfile" in FLAGS else ""
+    if flagfile:
+      result["flagfile"] = flagfile.removeprefix("experiments/flags/")
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   r = result

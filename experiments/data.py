@@ -219,35 +219,46 @@ def _shuffled(ds: tf.data.Dataset, config: Config, n: int, seed: int, e: int) ->
 
 class ExampleOrder:
   """Which examples make up each training batch, as indices into the split: the same stream
-  as `train_batches` (epoch orders from the same seeded shuffle, applied to 0..n-1 instead of
-  the examples), for a split held in memory (read whole by every process)."""
+  as `train_batches` (the same seeded epoch shuffles, applied to 0..n-1 instead of the
+  examples), for a split held in memory (read whole by every process). Indices are read
+  ahead in blocks of `BLOCK`; asking for an earlier or a later step restarts the stream."""
+
+  BLOCK = 1 << 16
 
   def __init__(self, config: Config, n: int):
     if n < config.batch_size:
       raise ConfigError(f"split {config.train_split!r} has {n} examples, fewer than a batch of {config.batch_size}")
     self.config, self.n = config, n
-    self._orders: dict[int, np.ndarray] = {}
+    self._position = -1  # the stream position of self._buffer[0]
+    self._buffer = np.zeros(0, np.int32)
+    self._stream: Iterator[np.ndarray] | None = None
 
-  def _order(self, e: int) -> np.ndarray:
-    if e not in self._orders:
-      if len(self._orders) > 2:
-        self._orders.pop(min(self._orders))
-      ds = _shuffled(tf.data.Dataset.range(self.n), self.config, self.n, self.config.seed, e)
-      self._orders[e] = next(ds.batch(self.n).as_numpy_iterator()).astype(np.int32)
-    return self._orders[e]
+  def _start(self, position: int) -> None:
+    first_epoch, offset = divmod(position, self.n)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
+        lambda e: _shuffled(tf.data.Dataset.range(self.n), self.config, self.n, self.config.seed, e))
+    self._stream = ds.skip(offset).batch(self.BLOCK).prefetch(1).as_numpy_iterator()
+    self._position, self._buffer = position, np.zeros(0, np.int32)
+
+  def _read(self, position: int, count: int) -> np.ndarray:
+    """Stream positions position .. position + count - 1."""
+    if not self.config.shuffle:  # epochs in order: no need for tf.data
+      return ((position + np.arange(count)) % self.n).astype(np.int32)
+    if not self._position <= position <= self._position + len(self._buffer):
+      self._start(position)
+    self._buffer = self._buffer[position - self._position:]
+    self._position = position
+    while len(self._buffer) < count:
+      self._buffer = np.concatenate([self._buffer, next(self._stream).astype(np.int32)])
+    return self._buffer[:count]
 
   def indices(self, step: int, k: int) -> np.ndarray:
     """[k, rows]: this process's rows of global batches step .. step + k - 1."""
     batch = self.config.batch_size
-    positions = step * batch + np.arange(k * batch)
-    epochs, within = np.divmod(positions, self.n)
-    out = np.empty(len(positions), np.int32)
-    for e in np.unique(epochs):
-      at = epochs == e
-      out[at] = self._order(int(e))[within[at]]
+    out = self._read(step * batch, k * batch).reshape(k, batch)
     rows = per_process(batch)
     first = jax.process_index() * rows
-    return out.reshape(k, batch)[:, first:first + rows]
+    return out[:, first:first + rows]
 
 
 # Evaluation splits up to this size (on disk) are kept in memory after the first pass.

@@ -47,6 +47,10 @@ class Feed:
   def items(self, step: int, k: int) -> Items:
     raise NotImplementedError
 
+  def zeros(self) -> Items:
+    """Items of one step shaped and typed like `items(step, 1)`, without reading any data."""
+    raise NotImplementedError
+
   def take(self, resident: dict[str, jax.Array], item: dict[str, jax.Array]) -> dict[str, jax.Array]:
     raise NotImplementedError
 
@@ -64,6 +68,10 @@ class Streamed(Feed):
     self._config, self._source = config, source
     self._stream: Iterator[data.Batch] | None = None
     self._next = -1
+
+  def zeros(self) -> Items:
+    rows = data.per_process(self._config.batch_size)
+    return {key: np.zeros((1, rows) + v.shape[1:], v.dtype) for key, v in self._source.example.items()}
 
   def items(self, step: int, k: int) -> Items:
     if step != self._next:  # the first call, or a jump: restart the stream at `step`
@@ -91,8 +99,12 @@ class Examples(Feed):
   def items(self, step: int, k: int) -> Items:
     return {"index": self._order.indices(step, k)}
 
+  def zeros(self) -> Items:
+    return {"index": np.zeros((1, data.per_process(self._order.config.batch_size)), np.int32)}
+
   def take(self, resident, item):
-    return {key: jnp.take(value, item["index"], axis=0) for key, value in resident.items()}
+    # Indices come from data.ExampleOrder, always in bounds: no out-of-bounds fill to compute.
+    return {key: value.at[item["index"]].get(mode="promise_in_bounds") for key, value in resident.items()}
 
 
 class Windows(Feed):
@@ -110,9 +122,12 @@ class Windows(Feed):
     first = jax.process_index() * rows
     return {"start": starts[:, first:first + rows].astype(np.int32)}
 
+  def zeros(self) -> Items:
+    return {"start": np.zeros((1, data.per_process(self._config.batch_size)), np.int32)}
+
   def take(self, resident, item):
     index = item["start"][:, None] + jnp.arange(self._config.block_size + 1)
-    windows = jnp.take(resident["tokens"], index, axis=0).astype(jnp.int32)
+    windows = resident["tokens"].at[index].get(mode="promise_in_bounds").astype(jnp.int32)
     return {"x": windows[:, :-1], "y": windows[:, 1:]}
 
 

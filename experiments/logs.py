@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Mapping
 
 import jax
 import numpy as np
-import tensorflow as tf
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -28,7 +30,8 @@ class Logger:
     if self.chief:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      # TensorBoard's own event writer (plain protocol buffers: no TensorFlow op per scalar).
+      self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.chief:
@@ -36,9 +39,8 @@ class Logger:
     clean = {k: float(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
     self._jsonl.flush()
-    with self._tb.as_default(step=step):
-      for k, v in clean.items():
-        tf.summary.scalar(k, v)
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()]
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
     self._tb.flush()
 
   def progress(self, step: int, metrics: Mapping[str, float], rate: float | None,

@@ -168,6 +168,9 @@ class DataParallel:
     def steps(state, resident, items, rng, axis_name):
       def body(state, item):
         return step(state, take(resident, item), rng, axis_name=axis_name)
+      if jax.tree.leaves(items)[0].shape[0] == 1:  # one step: no loop (XLA compiles it faster)
+        state, metrics = body(state, jax.tree.map(lambda x: x[0], items))
+        return state, jax.tree.map(lambda m: m[None], metrics)
       return jax.lax.scan(body, state, items)
 
     if self.mode == "pmap":

@@ -57,7 +57,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   dtype = jax.numpy.bfloat16 if config.dtype == "bfloat16" else None
   p_steps = par.compile_steps(functools.partial(train.train_step, model=model, objective=objective, tx=tx,
                                                 schedule=schedule, dtype=dtype), feed.take, sharding)
-  compiled = train.Steps(config, p_steps, par, feed, state, resident, step_key, 0)
+  compiled = train.Steps(config, p_steps, par, feed, state, resident, step_key)
   k = compiled.k
   run = compiled.executable(k)
   compile_s = compiled.compile_s

@@ -226,9 +226,9 @@ class Steps:
   """
 
   def __init__(self, config: Config, p_steps: Callable, par: DataParallel, feed: feed_lib.Feed,
-               state: TrainState, resident: Any, rng: jax.Array, start_step: int):
+               state: TrainState, resident: Any, rng: jax.Array):
     self._p_steps, self._par, self._args = p_steps, par, (state, resident, rng)
-    self._one = par.put_items(feed.items(start_step, 1))  # one step's items, for their shapes
+    self._one = par.put_items(feed.zeros())  # one step's items, for their shapes
     self._lowered: dict[int, Any] = {}
     self._compiled: dict[int, Any] = {}
     self.compile_s = 0.0
@@ -401,7 +401,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   host_eval_batches = data.eval_batches(config, source)
   eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.device_data_mb * 2**20)
   write_samples = samples.writer(config, model, objective, source, host_eval_batches, workdir)
-  steps = Steps(config, p_steps, par, feed, state, resident, step_key, start_step)
+  steps = Steps(config, p_steps, par, feed, state, resident, step_key)
   log.info(f"{feed.describe()}; {steps.k} step(s) per dispatch")
 
   def run_eval(step: int) -> dict[str, float]:

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import ROOT
-from experiments import timing
+from experiments import bench_table, timing
 from experiments.config import Config
 
 
@@ -24,3 +24,8 @@ def test_bench_times_the_real_train_step(monkeypatch):
   assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0
   assert r["peak_host_memory_mb"] > 100
   assert "tokens_per_s" not in r
+  # 100 steps at a log every 100 (the default): dispatches of up to 50 steps (the gcd with the
+  # evaluation period, 250), on MNIST-1D held on the device.
+  assert r["feed"] == "Examples" and r["steps_per_dispatch"] == 50 and r["timed_steps"] == 50
+  row = bench_table.table([r]).splitlines()[-1]
+  assert row.startswith("| `mlp` | Examples | 50 |") and "examples/s" in row

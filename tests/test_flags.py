@@ -117,9 +117,14 @@ def test_default_run_writes_everything(tmp_path):
   assert [l["step"] for l in lines if "train/loss" in l] == [10, 20]
   assert [l["step"] for l in lines if "eval/accuracy" in l] == [10, 20]
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  assert [e.step for e in events.Scalars("train/loss")] == [10, 20]
+  assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(summary["eval/accuracy"])
   assert os.path.isdir(tmp_path / "checkpoints" / "20")
   # The compiled train step is in the persistent compilation cache (the tests' shared one).
-  assert glob.glob(os.path.join(os.environ["JAX_COMPILATION_CACHE_DIR"], "jit_global_batch-*"))
+  assert glob.glob(os.path.join(os.environ["JAX_COMPILATION_CACHE_DIR"], "jit_train_steps-*"))
   # The resolved flag file reproduces the run exactly, in a new workdir.
   again = tmp_path / "again"
   train_in_process(f"--flagfile={tmp_path}/flags.flags", workdir=again)

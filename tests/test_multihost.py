@@ -18,11 +18,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, train_in_process
+from conftest import ROOT, TEST_XLA_FLAGS, run_cli, train_in_process
 
 RUN = ["--flagfile=experiments/flags/mnist1d_mlp.flags", "--shuffle=true", "--optimizer=sgd", "--learning_rate=0.1", "--steps=20", "--log_every=10",
        "--eval_every=0", "--checkpoint_every=10"]
-FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+FOUR_DEVICES = {"XLA_FLAGS": os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=4"}
 
 
 def free_port() -> int:
@@ -34,7 +34,7 @@ def free_port() -> int:
 def start_processes(args, n=2, extra=()):
   """`n` processes of one run, connected through a coordinator on localhost."""
   port = free_port()
-  env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device per process
+  env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # one CPU device per process
   return [subprocess.Popen([sys.executable, "-m", "experiments.run", *args, *extra,
                             f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={i}"],
                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

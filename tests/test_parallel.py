@@ -11,7 +11,7 @@ from conftest import ROOT
 
 SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import json, sys
     import jax, numpy as np
     from experiments import checkpoint, train

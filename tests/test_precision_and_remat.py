@@ -20,30 +20,22 @@ def _tokens(seed=0, shape=(4, 16)):
   return jnp.asarray(np.random.default_rng(seed).integers(0, 11, size=shape), jnp.int32)
 
 
-def _lm_grads(model, params, tokens, rng):
-  def loss(p):
-    apply = Apply(model, p, {}, rng, train=True)
-    return jnp.mean(nets.objectives.LanguageModel()(apply, {"x": tokens[:, :-1], "y": tokens[:, 1:]}, rng)["loss"])
-  return jax.value_and_grad(loss)(params)
-
-
-@pytest.mark.parametrize("name,hparams,call", [
-    ("gpt", dict(GPT, dropout=0.1), lambda m, v, t, r: m.apply(v, t, train=True, rngs={"dropout": r})),
-    ("bert", dict(GPT, dropout=0.1), lambda m, v, t, r: m.apply(v, t, train=True, rngs={"dropout": r})),
-    ("encoder_decoder", dict(GPT, num_decoder_layers=2),
+@pytest.mark.parametrize("name,hparams,call", [  # BERT's blocks are the GPT's, without the causal mask
+    ("gpt", dict(GPT, dropout=0.1, num_layers=1), lambda m, v, t, r: m.apply(v, t, train=True, rngs={"dropout": r})),
+    ("encoder_decoder", dict(GPT, num_layers=1, num_decoder_layers=1),
      lambda m, v, t, r: m.apply(v, t, t[:, :8], train=True, rngs={"dropout": r})),
 ])
 def test_remat_blocks_give_the_same_outputs_and_gradients(name, hparams, call):
   tokens, rng = _tokens(), jax.random.key(3)
   plain, remat = nets.create(name, **hparams), nets.create(name, **hparams, remat=True)
-  variables = plain.init(jax.random.key(0), tokens)
-  assert jax.tree.structure(variables) == jax.tree.structure(remat.init(jax.random.key(0), tokens))
+  variables = jax.jit(plain.init)(jax.random.key(0), tokens)
+  assert jax.tree.structure(variables) == jax.tree.structure(jax.eval_shape(remat.init, jax.random.key(0), tokens))
 
   def loss(model, params):
     return jnp.sum(call(model, {"params": params}, tokens, rng) ** 2)
 
-  for a, b in zip(jax.tree.leaves(jax.value_and_grad(functools.partial(loss, plain))(variables["params"])),
-                  jax.tree.leaves(jax.value_and_grad(functools.partial(loss, remat))(variables["params"]))):
+  grads = lambda m: jax.jit(jax.value_and_grad(functools.partial(loss, m)))(variables["params"])
+  for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(remat))):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
   # The rematerialised backward pass recomputes the blocks: the gradient program has more ops.
   grad_ops = lambda m: str(jax.make_jaxpr(jax.grad(functools.partial(loss, m)))(variables["params"])).count("remat")
@@ -67,7 +59,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((s16.params, s16.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating))
   assert float(m16["train/loss"]) == pytest.approx(float(m32["train/loss"]), rel=1e-2)  # log(11) ~ 2.4, bf16 has 3 digits
   losses = []
-  for _ in range(30):
+  for _ in range(20):
     s16, m16 = bf16(s16, batch, rng)
     losses.append(float(m16["train/loss"]))
   assert losses[-1] < 0.5 * losses[0]  # it trains
