@@ -4,8 +4,8 @@
 
 It builds the run exactly as `experiments.run` does (data and where it is held, model,
 optimizer, parallelism, steps per dispatch), compiles the training steps, runs a few warm-up
-steps, then times about `--bench_steps` steps (whole dispatches of `steps_per_dispatch`
-steps) three ways. It prints a summary and, last, one JSON line with:
+steps, then times about `--bench_steps` steps (whole dispatches of `steps_per_dispatch` steps,
+at least 3 dispatches) three ways. It prints a summary and, last, one JSON line with:
 - `compile_s`: lowering and compiling the training steps (from JAX's persistent compilation
   cache when an earlier run compiled them: `--compilation_cache_dir=` turns it off);
 - `feed` (`Examples`, `Windows`: batches cut on the device; `Streamed`: sent from the host)
@@ -28,6 +28,7 @@ steps) three ways. It prints a summary and, last, one JSON line with:
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags, logging
 
@@ -50,9 +51,9 @@ def main(argv: list[str]) -> None:
     config = config_lib.from_flags(FLAGS)
     compile_cache.enable()
     result = timing.bench(config, FLAGS.bench_steps, FLAGS.warmup_steps_bench, FLAGS.matmul_size)
-    flagfile = FLAGS["flagfile"].value if "flagfile" in FLAGS else ""
-    if flagfile:
-      result["flagfile"] = flagfile.removeprefix("experiments/flags/")
+    flagfiles = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile=")]
+    if flagfiles:
+      result["flagfile"] = flagfiles[-1].removeprefix("experiments/flags/")
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   r = result

@@ -220,10 +220,8 @@ def _shuffled(ds: tf.data.Dataset, config: Config, n: int, seed: int, e: int) ->
 class ExampleOrder:
   """Which examples make up each training batch, as indices into the split: the same stream
   as `train_batches` (the same seeded epoch shuffles, applied to 0..n-1 instead of the
-  examples), for a split held in memory (read whole by every process). Indices are read
-  ahead in blocks of `BLOCK`; asking for an earlier or a later step restarts the stream."""
-
-  BLOCK = 1 << 16
+  examples), for a split held in memory (read whole by every process). Indices are read an
+  epoch at a time; asking for an earlier or a later step restarts the stream."""
 
   def __init__(self, config: Config, n: int):
     if n < config.batch_size:
@@ -235,10 +233,12 @@ class ExampleOrder:
 
   def _start(self, position: int) -> None:
     first_epoch, offset = divmod(position, self.n)
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
-        lambda e: _shuffled(tf.data.Dataset.range(self.n), self.config, self.n, self.config.seed, e))
-    self._stream = ds.skip(offset).batch(self.BLOCK).prefetch(1).as_numpy_iterator()
-    self._position, self._buffer = position, np.zeros(0, np.int32)
+
+    def epoch(e):  # one element: the whole epoch's order (tf.data's per-element cost is paid once)
+      return _shuffled(tf.data.Dataset.range(self.n), self.config, self.n, self.config.seed, e).batch(self.n)
+
+    self._stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).prefetch(1).as_numpy_iterator()
+    self._position, self._buffer = position, next(self._stream)[offset:].astype(np.int32)
 
   def _read(self, position: int, count: int) -> np.ndarray:
     """Stream positions position .. position + count - 1."""

@@ -62,7 +62,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   run = compiled.executable(k)
   compile_s = compiled.compile_s
   flops = _flops(run) if config.parallel == "jit" else compiled.flops_per_step(k)
-  chunks = max(1, math.ceil(steps / k))
+  chunks = max(3, math.ceil(steps / k))  # at least 3 dispatches each way
 
   step = 0
 
