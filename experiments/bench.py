@@ -16,13 +16,16 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
   per step, each waited for, and its share of step + input if nothing overlapped;
 - `loop_ms_per_step`: steps run as the training loop runs them (inputs prepared in a
   background thread while earlier steps compute), and `compute_ms_per_step`: the same steps
-  with every input already on the device; `input_wait_share` = (loop - compute) / loop, the
+  with every input already on the device, the fastest of `--bench_rounds` alternating rounds
+  of each; `input_wait_share` = (loop - compute) / loop, the
   share of step time spent waiting for input;
 - `examples_per_s` (and `tokens_per_s` for sequence data) at the loop's rate;
 - `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so),
   `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
   in the same process, with its fraction `fraction_of_peak`;
 - `peak_host_memory_mb`: the process's peak resident memory.
+With `--profile_dir=DIR` the steps timed on device-held inputs are traced with
+`jax.profiler` into DIR (open it with TensorBoard's profile plugin or Perfetto).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from experiments import config as config_lib
 config_lib.define_flags()
 flags.DEFINE_integer("bench_steps", 50, "Steps to time (after the warm-up).", lower_bound=1)
 flags.DEFINE_integer("warmup_steps_bench", 3, "Untimed steps after compilation.", lower_bound=0)
+flags.DEFINE_integer("bench_rounds", 5, "Rounds of the loop-against-device-held-inputs comparison (the fastest "
+                     "of each kind is reported).", lower_bound=1)
+flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the steps timed on device-held inputs here.")
 flags.DEFINE_integer("matmul_size", 1024, "Side of the square float32 matmul that measures the peak.", lower_bound=64)
 FLAGS = flags.FLAGS
 
@@ -50,7 +56,8 @@ def main(argv: list[str]) -> None:
   try:
     config = config_lib.from_flags(FLAGS)
     compile_cache.enable()
-    result = timing.bench(config, FLAGS.bench_steps, FLAGS.warmup_steps_bench, FLAGS.matmul_size)
+    result = timing.bench(config, FLAGS.bench_steps, FLAGS.warmup_steps_bench, FLAGS.matmul_size, FLAGS.profile_dir,
+                          FLAGS.bench_rounds)
     flagfiles = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--flagfile=")]
     if flagfiles:
       result["flagfile"] = flagfiles[-1].removeprefix("experiments/flags/")

@@ -1,5 +1,7 @@
 """The benchmark's figures on a tiny run: present, positive and consistent with each other."""
 
+import glob
+
 import pytest
 
 from conftest import ROOT
@@ -7,10 +9,11 @@ from experiments import bench_table, timing
 from experiments.config import Config
 
 
-def test_bench_times_the_real_train_step(monkeypatch):
+def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   monkeypatch.chdir(ROOT)
   config = Config(model="mlp", model_hparams={"features": (64, 64)}, batch_size=50, steps=100)
-  r = timing.bench(config, steps=5, warmup=1, matmul_size=128)
+  r = timing.bench(config, steps=5, warmup=1, matmul_size=128, profile_dir=str(tmp_path),
+                   rounds=2)
   assert r["model"] == "mlp" and r["batch_size"] == 50 and r["devices"] == 1
   assert r["compile_s"] > 0 and 0 < r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
   assert 0 <= r["input_share_unoverlapped"] < 1 and 0 <= r["input_wait_share"] < 1
@@ -23,7 +26,8 @@ def test_bench_times_the_real_train_step(monkeypatch):
   assert r["gflops_per_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms_median"] / 1e3) / 1e9)
   assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0
   assert r["peak_host_memory_mb"] > 100
-  assert "tokens_per_s" not in r
+  assert "tokens_per_s" not in r and r["rounds"] == 2
+  assert glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)  # the profiler's trace
   # 100 steps at a log every 100 (the default): dispatches of up to 50 steps (the gcd with the
   # evaluation period, 250), on MNIST-1D held on the device.
   assert r["feed"] == "Examples" and r["steps_per_dispatch"] == 50 and r["timed_steps"] == 150  # 3 dispatches at least
