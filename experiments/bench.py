@@ -16,9 +16,10 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
   per step, each waited for, and its share of step + input if nothing overlapped;
 - `loop_ms_per_step`: steps run as the training loop runs them (inputs prepared in a
   background thread while earlier steps compute), and `compute_ms_per_step`: the same steps
-  with every input already on the device, the fastest of `--bench_rounds` alternating rounds
-  of each; `input_wait_share` = (loop - compute) / loop, the
-  share of step time spent waiting for input;
+  with every input already on the device: the fastest of `--bench_rounds` alternating rounds
+  of each, a round `steps_per_round` steps (at least the timed dispatches, and at least 0.5 s
+  of steps); `input_wait_share` = (loop - compute) / loop, the share of step time spent
+  waiting for input;
 - `examples_per_s` (and `tokens_per_s` for sequence data) at the loop's rate;
 - `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so),
   `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from None
   r = result
   print(f"{r['model']} on {r['dataset']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s), "
-        f"{r['dtype']}; data: {r['feed']}; {r['steps_per_dispatch']} step(s) per dispatch, {r['timed_steps']} timed")
+        f"{r['dtype']}; data: {r['feed']}; {r['steps_per_dispatch']} step(s) per dispatch, {r['timed_steps']} timed, "
+        f"{r['steps_per_round']} a round")
   print(f"compile {r['compile_s']:.2f} s; step {r['step_ms_median']:.2f} ms median "
         f"(p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); reading a batch {r['input_ms_median']:.3f} ms")
   print(f"as the training loop runs: {r['loop_ms_per_step']:.2f} ms per step against {r['compute_ms_per_step']:.2f} ms "

@@ -37,6 +37,10 @@ def _flops(compiled: Any) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+MIN_ROUND_S = 0.5  # the shortest round of the loop-against-device-held-inputs comparison
+MAX_ROUND_DISPATCHES = 250
+
+
 def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_size: int = 1024,
           profile_dir: str = "", rounds: int = 5) -> dict[str, Any]:
   """Times about `steps` train steps of `config` as the training loop runs them (in dispatches
@@ -91,9 +95,11 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   # As the training loop runs (the items of later dispatches prepared in a background thread
   # while earlier ones compute), against the same steps with every item already on the
   # device: `rounds` of each, alternating, and the fastest of each kind (noise only adds).
+  # Each round long enough to see a per-dispatch cost in (tiny steps run for 0.5 s at least).
+  round_chunks = max(chunks, min(MAX_ROUND_DISPATCHES, math.ceil(MIN_ROUND_S / (k * statistics.median(step_s)))))
   compute, loop = [], []
   for r in range(rounds):
-    staged = [items() for _ in range(chunks)]
+    staged = [items() for _ in range(round_chunks)]
     jax.block_until_ready((state, staged))
     trace = jax.profiler.trace(profile_dir) if profile_dir and r == 0 else contextlib.nullcontext()
     with trace:
@@ -101,15 +107,15 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       for placed in staged:
         state, _ = run(state, resident, placed, step_key)
       jax.block_until_ready(state)
-      compute.append((time.perf_counter() - t) / (chunks * k))
+      compute.append((time.perf_counter() - t) / (round_chunks * k))
     del staged
-    prefetch = feed_lib.Prefetch(feed, [(step + i * k, k) for i in range(chunks)], par.put_items)
-    step += chunks * k
+    prefetch = feed_lib.Prefetch(feed, [(step + i * k, k) for i in range(round_chunks)], par.put_items)
+    step += round_chunks * k
     t = time.perf_counter()
     for _, _, placed in prefetch:
       state, _ = run(state, resident, placed, step_key)
     jax.block_until_ready(state)
-    loop.append((time.perf_counter() - t) / (chunks * k))
+    loop.append((time.perf_counter() - t) / (round_chunks * k))
     prefetch.close()
   compute_s, loop_s = min(compute), min(loop)
 
@@ -120,6 +126,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "model": config.model, "dataset": config.dataset, "batch_size": config.batch_size,
       "devices": par.num_devices, "platform": jax.devices()[0].platform, "dtype": config.dtype,
       "feed": type(feed).__name__, "steps_per_dispatch": k, "timed_steps": chunks * k, "rounds": rounds,
+      "steps_per_round": round_chunks * k,
       "compile_s": compile_s,
       "step_ms_median": 1e3 * median_step, "step_ms_p10": 1e3 * deciles[0], "step_ms_p90": 1e3 * deciles[-1],
       "input_ms_median": 1e3 * median_input, "input_share_unoverlapped": median_input / (median_step + median_input),
