@@ -237,7 +237,12 @@ class ExampleOrder:
     def epoch(e):  # one element: the whole epoch's order (tf.data's per-element cost is paid once)
       return _shuffled(tf.data.Dataset.range(self.n), self.config, self.n, self.config.seed, e).batch(self.n)
 
-    self._stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).prefetch(1).as_numpy_iterator()
+    # One tf.data thread, no autotuning: a third less CPU per index, left to the steps.
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.autotune.enabled = False
+    stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).prefetch(1).with_options(options)
+    self._stream = stream.as_numpy_iterator()
     self._position, self._buffer = position, next(self._stream)[offset:].astype(np.int32)
 
   def _read(self, position: int, count: int) -> np.ndarray:
