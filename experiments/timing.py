@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import resource
 import statistics
@@ -47,27 +46,14 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   of `k` steps, `--steps_per_dispatch`); returns the figures of the module docstring of
   `experiments.bench`."""
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import data, feed as feed_lib, train  # pylint: disable=g-import-not-at-top
-  from experiments.parallel import DataParallel  # pylint: disable=g-import-not-at-top
+  from experiments import feed as feed_lib, train  # pylint: disable=g-import-not-at-top
 
-  par = DataParallel(config.parallel, config.num_devices, config.mesh)
-  par.check_batch_size(config.batch_size)
-  source = data.load(config)
-  model, objective, tx, schedule = train.build(config, source)
-  init_key, step_key = jax.random.split(jax.random.key(config.seed))
-  abstract = jax.eval_shape(lambda: train.init_state(model, tx, source.example, init_key))
-  sharding = par.state_sharding(abstract)
-  state = train.init_state(model, tx, source.example, init_key, sharding)
-  feed = feed_lib.make(config, source)
-  resident = par.put_resident(feed.resident)
-  dtype = jax.numpy.bfloat16 if config.dtype == "bfloat16" else None
-  p_steps = par.compile_steps(functools.partial(train.train_step, model=model, objective=objective, tx=tx,
-                                                schedule=schedule, dtype=dtype), feed.take, sharding)
-  compiled = train.Steps(config, p_steps, par, feed, state, resident, step_key)
+  run = train.prepare(config)  # as experiments.run builds it
+  par, source, feed, state, compiled = run.par, run.source, run.feed, run.state, run.steps
   k = compiled.k
-  run = compiled.executable(k)
+  steps_fn = compiled.executable(k)
   compile_s = compiled.compile_s
-  flops = _flops(run) if config.parallel == "jit" else compiled.flops_per_step(k)
+  flops = _flops(steps_fn) if config.parallel == "jit" else compiled.flops_per_step(k)
   chunks = max(3, math.ceil(steps / k))  # at least 3 dispatches each way
 
   step = 0
@@ -79,14 +65,14 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
     return placed
 
   for _ in range(max(1, math.ceil(warmup / k))):
-    state, _ = run(state, resident, items(), step_key)
+    state, _ = steps_fn(state, run.resident, items(), run.step_key)
   jax.block_until_ready(state)
   step_s, input_s = [], []
   for _ in range(chunks):  # each dispatch waited for: its items, then its steps
     t0 = time.perf_counter()
     placed = jax.block_until_ready(items())
     t1 = time.perf_counter()
-    state, metrics = run(state, resident, placed, step_key)
+    state, metrics = steps_fn(state, run.resident, placed, run.step_key)
     jax.block_until_ready((state, metrics))
     t2 = time.perf_counter()
     input_s.append((t1 - t0) / k)
@@ -105,7 +91,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
     with trace:
       t = time.perf_counter()
       for placed in staged:
-        state, _ = run(state, resident, placed, step_key)
+        state, _ = steps_fn(state, run.resident, placed, run.step_key)
       jax.block_until_ready(state)
       compute.append((time.perf_counter() - t) / (round_chunks * k))
     del staged
@@ -113,7 +99,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
     step += round_chunks * k
     t = time.perf_counter()
     for _, _, placed in prefetch:
-      state, _ = run(state, resident, placed, step_key)
+      state, _ = steps_fn(state, run.resident, placed, run.step_key)
     jax.block_until_ready(state)
     loop.append((time.perf_counter() - t) / (round_chunks * k))
     prefetch.close()

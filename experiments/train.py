@@ -356,6 +356,52 @@ def _write_flagfile(config: Config, workdir: str) -> None:
     f.write(text)
 
 
+class Prepared(NamedTuple):
+  """A run of a config built up to its first step: what `train_and_evaluate` trains and
+  `experiments.bench` times, built by `prepare` for both so that they run the same program."""
+
+  par: DataParallel
+  source: data.Source
+  feed: feed_lib.Feed
+  data_read_at: float  # time.perf_counter() once the training data was read
+  model: nn.Module
+  objective: nets.objectives.Objective
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  dtype: Any  # the models' compute dtype (None: float32)
+  state: TrainState  # freshly initialised
+  state_sharding: Any
+  resident: Any  # the feed's arrays held on the devices
+  steps: Steps
+  step_key: jax.Array
+  eval_key: jax.Array
+
+
+def prepare(config: Config) -> Prepared:
+  """Checks the batch sizes against the devices, loads the data, builds the model and its
+  initial state (invalid model hyperparameters raise ConfigError) and lowers the steps."""
+  par = DataParallel(config.parallel, config.num_devices, config.mesh)
+  par.check_batch_size(config.batch_size)
+  par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
+  source = data.load(config)
+  feed = feed_lib.make(config, source)  # the training split read into memory if it is held on the devices
+  data_read_at = time.perf_counter()
+  init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+  try:  # invalid model hyperparameters surface when the model is first built
+    model, objective, tx, schedule = build(config, source)
+    state_sharding = par.state_sharding(jax.eval_shape(lambda: init_state(model, tx, source.example, init_key)))
+    state = init_state(model, tx, source.example, init_key, state_sharding)
+  except ValueError as e:
+    raise ConfigError(f"--model={config.model}: {e}") from e
+  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+  resident = par.put_resident(feed.resident)
+  p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
+                                                schedule=schedule, dtype=dtype), feed.take, state_sharding)
+  steps = Steps(config, p_steps, par, feed, state, resident, step_key)
+  return Prepared(par, source, feed, data_read_at, model, objective, tx, schedule, dtype, state, state_sharding,
+                  resident, steps, step_key, eval_key)
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
@@ -363,21 +409,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   SIGTERM, a dict with "stopped": True after saving a checkpoint.
   """
   start_time = time.perf_counter()
-  par = DataParallel(config.parallel, config.num_devices, config.mesh)
-  par.check_batch_size(config.batch_size)
-  par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
-  source = data.load(config)
-  feed = feed_lib.make(config, source)  # the training split read into memory if it is held on the devices
-  train_start = time.perf_counter()
-  example = source.example
-  key = jax.random.key(config.seed)
-  init_key, step_key, eval_key = jax.random.split(key, 3)
-  try:  # invalid model hyperparameters surface when the model is first built
-    model, objective, tx, schedule = build(config, source)
-    state_sharding = par.state_sharding(jax.eval_shape(lambda: init_state(model, tx, example, init_key)))
-    state = init_state(model, tx, example, init_key, state_sharding)
-  except ValueError as e:
-    raise ConfigError(f"--model={config.model}: {e}") from e
+  run = prepare(config)
+  par, source, feed, model, objective, state, steps = (run.par, run.source, run.feed, run.model, run.objective,
+                                                       run.state, run.steps)
   num_params = count_params(state.params)
 
   _write_flagfile(config, workdir)  # only once the input is known to be valid
@@ -390,23 +424,18 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}")
   log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
   if par.sizes["fsdp"] > 1:
-    log.info(par.describe_sharding(state, state_sharding))
+    log.info(par.describe_sharding(state, run.state_sharding))
 
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-  resident = par.put_resident(feed.resident)
-  p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
-                                                schedule=schedule, dtype=dtype), feed.take, state_sharding)
-  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective, dtype=dtype), state_sharding,
-                       returns_state=False)
+  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective, dtype=run.dtype),
+                       run.state_sharding, returns_state=False)
   host_eval_batches = data.eval_batches(config, source)
   eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.device_data_mb * 2**20)
   write_samples = samples.writer(config, model, objective, source, host_eval_batches, workdir)
-  steps = Steps(config, p_steps, par, feed, state, resident, step_key)
   log.info(f"{feed.describe()}; {steps.k} step(s) per dispatch")
 
   def run_eval(step: int) -> dict[str, float]:
     extra = write_samples(state, step) if write_samples else {}
-    return {**evaluate(p_eval, state, eval_batches, eval_key, "eval"),
+    return {**evaluate(p_eval, state, eval_batches, run.eval_key, "eval"),
             **{f"eval/{k}": float(v) for k, v in extra.items()}}
 
   pending: list[dict[str, jax.Array]] = []  # metrics on device, [k] per dispatch, fetched when logged
@@ -434,7 +463,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   with _SigtermFlag() as sigterm:
     try:
       for first, k, items in prefetch:
-        state, metrics = steps.executable(k)(state, resident, items, step_key)
+        state, metrics = steps.executable(k)(state, run.resident, items, run.step_key)
         pending.append(metrics)
         step = first + k
         done = step == config.steps
@@ -475,7 +504,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       "step": step,
       "num_params": num_params,
       "wall_time_s": time.perf_counter() - start_time,
-      "train_time_s": time.perf_counter() - train_start,  # compiling, training and evaluating (not reading data)
+      "train_time_s": time.perf_counter() - run.data_read_at,  # compiling, training and evaluating (not reading data)
       "compile_s": steps.compile_s,  # the training steps'
       "steps_per_dispatch": steps.k,
       "feed": type(feed).__name__,  # Examples, Windows (held on the devices) or Streamed
