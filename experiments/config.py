@@ -116,6 +116,10 @@ class Config:
                       "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
   parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
   num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
+  cpu_threads: int = _field(0, "Threads of XLA's CPU backend (0: one per core the process may use). Tiny "
+                            "models step faster on 1, where handing work between threads costs more than "
+                            "it gives. Applied by experiments.run and experiments.bench before JAX starts "
+                            "(see experiments.cpu_threads).", lower=0)
   mesh: str = _field("", "Device mesh as AXIS:SIZE pairs over the axes data and fsdp, e.g. data:2,fsdp:2 "
                      "(one size may be -1: the rest). fsdp > 1 splits parameters and optimizer state over "
                      "that many devices. Empty: every device on data.")
