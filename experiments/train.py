@@ -227,6 +227,8 @@ class Steps:
 
   def __init__(self, config: Config, p_steps: Callable, par: DataParallel, feed: feed_lib.Feed,
                state: TrainState, resident: Any, rng: jax.Array):
+    if par.mode == "jit":  # lowered from shapes, so that nothing holds on to the state given here
+      state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     self._p_steps, self._par, self._args = p_steps, par, (state, resident, rng)
     self._one = par.put_items(feed.zeros())  # one step's items, for their shapes
     self._lowered: dict[int, Any] = {}
@@ -410,8 +412,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   """
   start_time = time.perf_counter()
   run = prepare(config)
-  par, source, feed, model, objective, state, steps = (run.par, run.source, run.feed, run.model, run.objective,
-                                                       run.state, run.steps)
+  par, source, feed, model, objective, steps = run.par, run.source, run.feed, run.model, run.objective, run.steps
+  state, run = run.state, run._replace(state=None)  # a resumed run's initial state is freed once restored
   num_params = count_params(state.params)
 
   _write_flagfile(config, workdir)  # only once the input is known to be valid
