@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import nets
-from experiments import checkpoint, data, logs, optim, samples
+from experiments import checkpoint, data, logs, optim, samples, threefry_cpu
 from experiments import feed as feed_lib
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
@@ -381,7 +381,9 @@ class Prepared(NamedTuple):
 
 def prepare(config: Config) -> Prepared:
   """Checks the batch sizes against the devices, loads the data, builds the model and its
-  initial state (invalid model hyperparameters raise ConfigError) and lowers the steps."""
+  initial state (invalid model hyperparameters raise ConfigError) and lowers the steps.
+  Random draws lowered from here on take the fused Threefry loop on the CPU (`threefry_cpu`)."""
+  threefry_cpu.unroll()
   par = DataParallel(config.parallel, config.num_devices, config.mesh)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
