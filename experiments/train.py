@@ -393,8 +393,12 @@ def prepare(config: Config) -> Prepared:
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   try:  # invalid model hyperparameters surface when the model is first built
     model, objective, tx, schedule = build(config, source)
-    state_sharding = par.state_sharding(jax.eval_shape(lambda: init_state(model, tx, source.example, init_key)))
-    state = init_state(model, tx, source.example, init_key, state_sharding)
+    if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
+      state = init_state(model, tx, source.example, init_key, par.replicated)
+      state_sharding = jax.tree.map(lambda _: par.replicated, state)
+    else:
+      state_sharding = par.state_sharding(jax.eval_shape(lambda: init_state(model, tx, source.example, init_key)))
+      state = init_state(model, tx, source.example, init_key, state_sharding)
   except ValueError as e:
     raise ConfigError(f"--model={config.model}: {e}") from e
   dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
