@@ -5,7 +5,7 @@ import glob
 import pytest
 
 from conftest import ROOT
-from experiments import bench_table, timing
+from experiments import bench_table, threefry_cpu, timing
 from experiments.config import Config
 
 
@@ -31,5 +31,6 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   # 100 steps at a log every 100 (the default): dispatches of up to 50 steps (the gcd with the
   # evaluation period, 250), on MNIST-1D held on the device.
   assert r["feed"] == "Examples" and r["steps_per_dispatch"] == 50 and r["timed_steps"] == 150  # 3 dispatches at least
+  assert threefry_cpu.applied()  # by train.prepare, which the bench builds its run with
   row = bench_table.table([r]).splitlines()[-1]
   assert row.startswith("| `mlp` | Examples | 50 |") and "examples/s" in row

@@ -16,8 +16,8 @@ def draws(key):
   return (jax.random.bits(k1, (3, 1001)), jax.random.normal(jax.random.fold_in(k2, 7), (257,)),
           jax.random.bernoulli(k2, 0.8, (5, 33)), jax.random.key_data(jax.random.split(k3, 4)), dropped)
 
-def loops(key):
-  return jax.jit(lambda k: jax.random.bits(k, (1000,))).lower(key).compile().as_text().count(" while(")
+def loops(key):  # in the draws' own program
+  return jax.jit(draws).lower(key).compile().as_text().count(" while(")
 
 key = jax.random.key(2026)
 before, loops_before = jax.jit(draws)(key), loops(key)
