@@ -21,7 +21,9 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
   of steps); `input_wait_share` = (loop - compute) / loop, the share of step time spent
   waiting for input;
 - `examples_per_s` (and `tokens_per_s` for sequence data) at the loop's rate;
-- `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so),
+- `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so;
+  it counts every operation XLA counts, elementwise and random-number ones too, so it is
+  somewhat above the model's matmul FLOPs),
   `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
   in the same process, with its fraction `fraction_of_peak`;
 - `peak_host_memory_mb`: the process's peak resident memory.

@@ -8,7 +8,7 @@ size: a dropout mask of nanoGPT's GPU-size attention ([64, 6, 256, 256]) took 40
 20 rounds in one loop that XLA fuses with the mask's consumers (71 ms).
 
 `unroll()` makes the CPU use that lowering for every program the process lowers after it
-(`experiments.train.prepare` calls it); the bits are identical (tested). Programs with many
+(`experiments.train.prepare` calls it, and `train.restore` for the sampling commands); the bits are identical (tested). Programs with many
 draws compile slower (the GPU-size GPT's steps: 7.9 -> 12.3 s). It relies on JAX internals
 (`jax._src`); if they move, it does nothing and says so.
 """

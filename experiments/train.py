@@ -182,7 +182,9 @@ class Restored(NamedTuple):
 
 def restore(workdir: str, step: int | None = None) -> Restored:
   """A run's config, data, model, objective, parameters and other model variables (its latest
-  checkpoint, or `step`'s)."""
+  checkpoint, or `step`'s). Random draws lowered from here on take the fused Threefry loop on
+  the CPU (`threefry_cpu`), as in training."""
+  threefry_cpu.unroll()
   config = config_lib.from_workdir(workdir)
   source = data.load(config)
   model, objective, tx, _ = build(config, source)
