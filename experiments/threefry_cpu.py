@@ -4,13 +4,14 @@ Every `jax.random` draw (dropout masks, noise, latents) hashes counters with Thr
 On the CPU, JAX lowers that hash as a rolled loop (5 iterations of 4 rounds, for compile
 time), and XLA runs each iteration as its own pass writing two arrays of the draw's full
 size: a dropout mask of nanoGPT's GPU-size attention ([64, 6, 256, 256]) took 409 ms on a
-2-vCPU Intel Xeon. The unrolled lowering, which JAX uses on every other platform, computes the same
-20 rounds in one loop that XLA fuses with the mask's consumers (71 ms).
+2-vCPU Intel Xeon. The unrolled lowering, which JAX uses on every other platform, computes
+the same 20 rounds in one loop that XLA fuses with the mask's consumers (71 ms).
 
 `unroll()` makes the CPU use that lowering for every program the process lowers after it
-(`experiments.train.prepare` calls it, and `train.restore` for the sampling commands); the bits are identical (tested). Programs with many
-draws compile slower (the GPU-size GPT's steps: 7.9 -> 12.3 s). It relies on JAX internals
-(`jax._src`); if they move, it does nothing and says so.
+(`experiments.train.prepare` calls it, and `train.restore` for the sampling commands); the
+bits are identical (tested). Programs with many draws compile slower (the GPU-size GPT's
+steps: 7.9 -> 12.3 s). It relies on JAX internals (`jax._src`); if they move, it does
+nothing and says so.
 """
 
 from __future__ import annotations
