@@ -38,7 +38,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import compile_cache, cpu_threads, timing
+from experiments import compile_cache, cpu_threads, host_memory, timing
 from experiments import config as config_lib
 
 config_lib.define_flags()
@@ -59,6 +59,7 @@ def main(argv: list[str]) -> None:
   try:
     config = config_lib.from_flags(FLAGS)
     cpu_threads.limit(config.cpu_threads)  # before JAX starts its CPU backend
+    host_memory.keep_freed()  # before JAX starts its threads (each keeps the malloc arena it starts on)
     compile_cache.enable()
     result = timing.bench(config, FLAGS.bench_steps, FLAGS.warmup_steps_bench, FLAGS.matmul_size, FLAGS.profile_dir,
                           FLAGS.bench_rounds)

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import compile_cache, cpu_threads
+from experiments import compile_cache, cpu_threads, host_memory
 from experiments import config as config_lib
 
 config_lib.define_flags()
@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
   except config_lib.ConfigError as e:
     raise app.UsageError(str(e)) from None
   cpu_threads.limit(config.cpu_threads)  # before JAX starts its CPU backend
+  host_memory.keep_freed()  # before JAX starts its threads (each keeps the malloc arena it starts on)
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import distributed  # pylint: disable=g-import-not-at-top
   compile_cache.enable()

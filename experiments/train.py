@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import nets
-from experiments import checkpoint, data, logs, optim, samples, threefry_cpu
+from experiments import checkpoint, data, host_memory, logs, optim, samples, threefry_cpu
 from experiments import feed as feed_lib
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
@@ -183,8 +183,9 @@ class Restored(NamedTuple):
 def restore(workdir: str, step: int | None = None) -> Restored:
   """A run's config, data, model, objective, parameters and other model variables (its latest
   checkpoint, or `step`'s). Random draws lowered from here on take the fused Threefry loop on
-  the CPU (`threefry_cpu`), as in training."""
+  the CPU (`threefry_cpu`), as in training, and freed host memory is kept (`host_memory`)."""
   threefry_cpu.unroll()
+  host_memory.keep_freed()
   config = config_lib.from_workdir(workdir)
   source = data.load(config)
   model, objective, tx, _ = build(config, source)
@@ -384,8 +385,10 @@ class Prepared(NamedTuple):
 def prepare(config: Config) -> Prepared:
   """Checks the batch sizes against the devices, loads the data, builds the model and its
   initial state (invalid model hyperparameters raise ConfigError) and lowers the steps.
-  Random draws lowered from here on take the fused Threefry loop on the CPU (`threefry_cpu`)."""
+  Random draws lowered from here on take the fused Threefry loop on the CPU (`threefry_cpu`),
+  and the process keeps the host memory it frees, for the next dispatch (`host_memory`)."""
   threefry_cpu.unroll()
+  host_memory.keep_freed()
   par = DataParallel(config.parallel, config.num_devices, config.mesh)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")

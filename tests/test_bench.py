@@ -1,11 +1,12 @@
 """The benchmark's figures on a tiny run: present, positive and consistent with each other."""
 
 import glob
+import platform
 
 import pytest
 
 from conftest import ROOT
-from experiments import bench_table, threefry_cpu, timing
+from experiments import bench_table, host_memory, threefry_cpu, timing
 from experiments.config import Config
 
 
@@ -32,5 +33,6 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   # evaluation period, 250), on MNIST-1D held on the device.
   assert r["feed"] == "Examples" and r["steps_per_dispatch"] == 50 and r["timed_steps"] == 150  # 3 dispatches at least
   assert threefry_cpu.applied()  # by train.prepare, which the bench builds its run with
+  assert host_memory.applied() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
   row = bench_table.table([r]).splitlines()[-1]
   assert row.startswith("| `mlp` | Examples | 50 |") and "examples/s" in row
