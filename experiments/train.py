@@ -283,7 +283,19 @@ class Steps:
       t = time.perf_counter()
       self._compiled[k] = lowered.compile()
       self.compile_s += time.perf_counter() - t
+      host_memory.fit(_host_buffer_bytes(self._compiled[k]))
     return self._compiled[k]
+
+
+def _host_buffer_bytes(compiled: Any) -> int:
+  """A compiled program's temporary buffers in host memory: its temp size on each CPU device
+  it runs on in this process (0 off the CPU, or if XLA does not say)."""
+  if jax.default_backend() != "cpu":
+    return 0
+  try:
+    return compiled.memory_analysis().temp_size_in_bytes * jax.local_device_count()
+  except Exception:  # pylint: disable=broad-except
+    return 0
 
 
 class _StepClock:
