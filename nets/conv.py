@@ -54,14 +54,19 @@ def _backward(strides, padding, dilation, residuals, g):
   flipped = jnp.swapaxes(jnp.flip(w, axis=tuple(range(nd))), -1, -2)
   pads = [(r - 1 - lo, n + r - 2 - (m - 1) * s - (r - 1 - lo))
           for r, (lo, _), n, m, s in zip(reach, padding, sizes, outs, strides)]
-  dx = _conv(g, flipped, (1,) * nd, pads, dilation, lhs_dilation=strides)
+  # A forward padding wider than the kernel's reach makes these negative, and XLA's CPU
+  # convolution reads outside its input for negative padding (JAX's own gradient of such a
+  # convolution returned garbage here): pad by zero there and crop the result instead.
+  dx = _conv(g, flipped, (1,) * nd, [(max(lo, 0), max(hi, 0)) for lo, hi in pads], dilation, lhs_dilation=strides)
+  dx = dx[(slice(None), *(slice(max(-lo, 0), max(-lo, 0) + n) for (lo, _), n in zip(pads, sizes)))]
   # Kernel gradient: the input with its channels as the batch and its batch as the channels,
   # convolved with the output gradient (batch as input channels), the forward's strides as
   # the kernel's dilation.
   x_t = jnp.transpose(x, (nd + 1, *spatial, 0))  # [Cin, *spatial, B]
   g_t = jnp.transpose(g, (*spatial, 0, nd + 1))  # [*out, B, Cout]
   pads = [(lo, (m - 1) * s + 1 - n + r - lo - 1) for r, (lo, _), n, m, s in zip(reach, padding, sizes, outs, strides)]
-  dw = _conv(x_t, g_t, dilation, pads, strides)  # [Cin, *kernel, Cout]
+  dw = _conv(x_t, g_t, dilation, [(lo, max(hi, 0)) for lo, hi in pads], strides)  # as above: no negative padding
+  dw = dw[(slice(None), *(slice(0, k) for k in w.shape[:nd]))]  # [Cin, *kernel, Cout]
   return dx, jnp.transpose(dw, (*spatial, 0, nd + 1))
 
 
