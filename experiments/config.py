@@ -46,6 +46,9 @@ class Config:
   block_size: int = _field(256, "Text datasets: tokens per training window (the model's context).", lower=1)
   eval_batches: int = _field(20, "Text datasets: random evaluation windows per evaluation, in batches of "
                              "--eval_batch_size.", lower=1)
+  final_eval_batches: int = _field(0, "Text datasets: batches of the evaluation after the last step (0: "
+                                   "--eval_batches), drawn as the others, so the first ones are theirs: a cheap "
+                                   "estimate during training, a precise one at the end.", lower=0)
   # Model.
   model: str = _field("cnn", "Model name in the nets registry.", choices=tuple(nets.names()))
   model_hparams: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})

@@ -477,14 +477,16 @@ def text_batches(config: Config, text: Text | Audio, start_step: int = 0) -> Ite
     step += 1
 
 
-def text_eval_batches(config: Config, text: Text | Audio) -> list[Batch]:
-  """`config.eval_batches` fixed random windows of the evaluation split (the same every
-  evaluation, for every seed and process count), with an all-ones `mask`."""
+def text_eval_batches(config: Config, text: Text | Audio, final: bool = False) -> list[Batch]:
+  """`config.eval_batches` (`final`: `config.final_eval_batches`, if set) batches of fixed
+  random windows of the evaluation split (the same every evaluation, for every seed and
+  process count; fewer batches are the first ones of more), with an all-ones `mask`."""
   batch = config.eval_batch_size
+  count = config.final_eval_batches if final and config.final_eval_batches else config.eval_batches
   rng = np.random.default_rng([1234, 0])
   return [_own_rows({**text.windows(config.eval_split, rng, batch, config.block_size),
                      "mask": np.ones(batch, np.float32)}, batch)
-          for _ in range(config.eval_batches)]
+          for _ in range(count)]
 
 
 class Source(NamedTuple):
@@ -524,8 +526,9 @@ def batches(config: Config, source: Source, start_step: int = 0) -> Iterator[Bat
   return train_batches(config, source.builder, start_step)
 
 
-def eval_batches(config: Config, source: Source) -> Iterable[Batch]:
-  """This process's evaluation batches (re-iterable), with a 0/1 `mask`."""
+def eval_batches(config: Config, source: Source, final: bool = False) -> Iterable[Batch]:
+  """This process's evaluation batches (re-iterable), with a 0/1 `mask`; `final`: those of
+  the evaluation after the last step (more windows with --final_eval_batches)."""
   if source.windows is not None:
-    return text_eval_batches(config, source.windows)
+    return text_eval_batches(config, source.windows, final)
   return EvalBatches(config, source.builder)

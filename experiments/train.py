@@ -455,12 +455,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
                        run.state_sharding, returns_state=False)
   host_eval_batches = data.eval_batches(config, source)
   eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.device_data_mb * 2**20)
+  final_batches = eval_batches
+  if source.windows is not None and config.final_eval_batches not in (0, config.eval_batches):
+    final_batches = feed_lib.DeviceBatches(data.eval_batches(config, source, final=True), par.put_batch, 0)
   write_samples = samples.writer(config, model, objective, source, host_eval_batches, workdir)
   log.info(f"{feed.describe()}; {steps.k} step(s) per dispatch")
 
-  def run_eval(step: int) -> dict[str, float]:
+  def run_eval(step: int, batches: Any = eval_batches) -> dict[str, float]:
     extra = write_samples(state, step) if write_samples else {}
-    return {**evaluate(p_eval, state, eval_batches, run.eval_key, "eval"),
+    return {**evaluate(p_eval, state, batches, run.eval_key, "eval"),
             **{f"eval/{k}": float(v) for k, v in extra.items()}}
 
   pending: list[dict[str, jax.Array]] = []  # metrics on device, [k] per dispatch, fetched when logged
@@ -521,7 +524,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
     finally:
       prefetch.close()
 
-  final = run_eval(step)
+  final = run_eval(step, final_batches)
   log.write(step, final)
   ckpts.close()
   summary = {

@@ -58,6 +58,25 @@ def test_text_eval_batches_are_fixed(shakespeare):
     np.testing.assert_array_equal(x["x"], y["x"])
   validation = source.tokenizer.decode(source.text.tokens["validation"])
   assert source.tokenizer.decode(a[0]["x"][0]) in validation
+  final = data.text_eval_batches(config.replace(final_eval_batches=5), source.text, final=True)
+  assert len(final) == 5 and len(data.text_eval_batches(config.replace(final_eval_batches=5), source.text)) == 3
+  for x, y in zip(a, final):  # the evaluations during training take the first of the final windows
+    np.testing.assert_array_equal(x["x"], y["x"])
+
+
+def test_the_final_evaluation_takes_final_eval_batches(shakespeare, tmp_path):
+  config, _ = shakespeare
+  config = config.replace(model_hparams={"num_layers": 1, "num_heads": 2, "embed_dim": 16}, steps=4, log_every=2,
+                          eval_every=2, checkpoint_every=0, sample_tokens=0, eval_batches=1, final_eval_batches=3)
+  def evals(config, name):
+    summary = train.train_and_evaluate(config, str(tmp_path / name))
+    lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [m["eval/loss"] for m in lines if "eval/loss" in m], summary["eval/loss"]
+  cheap, final = evals(config, "a")
+  three, three_final = evals(config.replace(eval_batches=3, final_eval_batches=0), "b")
+  assert len(cheap) == len(three) == 2  # at step 2, and the final one at step 4
+  assert cheap[0] != pytest.approx(three[0], abs=1e-6)  # step 2: one batch against three
+  assert final == cheap[1] and final == pytest.approx(three_final, abs=1e-6)  # step 4: the same three batches
 
 
 def test_catalog_tiny_shakespeare_trains_with_mock_data(tmp_path):
