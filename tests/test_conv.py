@@ -12,19 +12,20 @@ from jax import lax
 
 from nets import conv
 
-_CASES = [(nd, k, s, pad, n) for nd, k, s, pad, n in itertools.product(
-    (1, 2), (2, 3, 5), (1, 2), ("SAME", "VALID", (2, 0), (0, 3)), (7, 8)) if nd == 1 or n == 7]
+_CASES = [(nd, k, s, pad, n, c) for nd, k, s, pad, n, c in itertools.product(
+    (1, 2), (2, 3, 5), (1, 2), ("SAME", "VALID", (2, 0), (0, 3)), (7, 8), (4, 1)) if nd == 1 or n == 7]
 
 
 def _loss(x, w, f, strides, padding, dims):
   return (f(x, w, strides, padding, dimension_numbers=dims) ** 2).sum()
 
 
-@pytest.mark.parametrize("nd,k,s,pad,n", _CASES)
-def test_gradients_match_the_explicitly_padded_convolution(nd, k, s, pad, n):
+@pytest.mark.parametrize("nd,k,s,pad,n,c", _CASES)
+def test_gradients_match_the_explicitly_padded_convolution(nd, k, s, pad, n, c):
+  """c=1: one input channel (in 1D a matmul over the input's windows)."""
   rng = np.random.default_rng(k * 100 + s * 10 + n)
-  x = jnp.asarray(rng.normal(size=(3,) + (n,) * nd + (4,)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(k,) * nd + (4, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(3,) + (n,) * nd + (c,)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k,) * nd + (c, 5)), jnp.float32)
   dims = lax.conv_dimension_numbers(x.shape, w.shape, ("NHC", "HIO", "NHC") if nd == 1 else ("NHWC", "HWIO", "NHWC"))
   strides = (s,) * nd
   padding = pad if isinstance(pad, str) else (pad,) * nd
@@ -38,3 +39,19 @@ def test_gradients_match_the_explicitly_padded_convolution(nd, k, s, pad, n):
                                                                        padding, dims)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+  np.testing.assert_allclose(conv.conv_general_dilated(x, w, strides, padding, dimension_numbers=dims),
+                             padded(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nd,c", [(1, 1), (1, 3), (2, 1)])
+def test_dilated_kernels_match_lax(nd, c):
+  rng = np.random.default_rng(c)
+  x = jnp.asarray(rng.normal(size=(2, 11, 9)[:nd + 1] + (c,)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 2)[:nd] + (c, 4)), jnp.float32)
+  dims = ("NHC", "HIO", "NHC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+  args = ((2, 1)[:nd], ((2, 1), (0, 3))[:nd])
+  f = lambda conv_fn, x, w: conv_fn(x, w, *args, rhs_dilation=(3, 2)[:nd], dimension_numbers=dims)
+  np.testing.assert_allclose(f(conv.conv_general_dilated, x, w), f(lax.conv_general_dilated, x, w), rtol=1e-5, atol=1e-5)
+  got = jax.grad(lambda w: (f(conv.conv_general_dilated, x, w) ** 2).sum())(w)
+  want = jax.grad(lambda w: (f(lax.conv_general_dilated, x, w) ** 2).sum())(w)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
