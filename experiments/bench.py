@@ -25,8 +25,10 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
   it counts every operation XLA counts, elementwise and random-number ones too, so it is
   somewhat above the model's matmul FLOPs),
   `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a float32 matmul measured here,
-  in the same process, with its fraction `fraction_of_peak`;
-- `peak_host_memory_mb`: the process's peak resident memory.
+  in the same process (before and after the timed steps, the faster), with its fraction `fraction_of_peak`;
+- `peak_host_memory_mb`: the process's peak resident memory; `host_memory_kept` and
+  `huge_pages`: whether freed blocks of every size stayed in the heap and whether glibc
+  mapped its memory in transparent huge pages (`experiments/host_memory.py`).
 With `--profile_dir=DIR` the steps timed on device-held inputs are traced with
 `jax.profiler` into DIR (open it with TensorBoard's profile plugin or Perfetto).
 """
@@ -36,9 +38,14 @@ from __future__ import annotations
 import json
 import sys
 
+from experiments import host_memory
+
+if __name__ == "__main__":  # glibc reads it only at start: the program restarts once, before its imports
+  host_memory.use_huge_pages()
+
 from absl import app, flags, logging
 
-from experiments import compile_cache, cpu_threads, host_memory, timing
+from experiments import compile_cache, cpu_threads, timing
 from experiments import config as config_lib
 
 config_lib.define_flags()
@@ -82,7 +89,8 @@ def main(argv: list[str]) -> None:
     print(f"{r['flops_per_step'] / 1e9:.3f} GFLOP per step ({r['flops_source']}): {r['gflops_per_s']:.1f} GFLOP/s, "
           f"{100 * r['fraction_of_peak']:.1f}% of a {FLAGS.matmul_size}^2 float32 matmul's "
           f"{r['peak_matmul_gflops_per_s']:.1f} GFLOP/s measured here")
-  print(f"peak host memory {r['peak_host_memory_mb']:.0f} MB")
+  print(f"peak host memory {r['peak_host_memory_mb']:.0f} MB (freed blocks of every size kept: {'yes' if r['host_memory_kept'] else 'no'}; "
+        f"huge pages: {'yes' if r['huge_pages'] else 'no'})")
   print(json.dumps(result))
 
 

@@ -18,9 +18,14 @@ import datetime
 import os
 import sys
 
+from experiments import host_memory
+
+if __name__ == "__main__":  # glibc reads it only at start: the program restarts once, before its imports
+  host_memory.use_huge_pages()
+
 from absl import app, flags, logging
 
-from experiments import compile_cache, cpu_threads, host_memory
+from experiments import compile_cache, cpu_threads
 from experiments import config as config_lib
 
 config_lib.define_flags()
