@@ -12,7 +12,7 @@ from experiments import config as config_lib
 
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
 TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0",
-        "--eval_batch_size=100", "--eval_batches=1", "--sample_tokens=20"]
+        "--eval_batch_size=100", "--eval_batches=1", "--final_eval_batches=0", "--sample_tokens=20"]
 # Same models (narrower for the generative ones), smaller batches and samples, where the file's
 # own would be slow on 2 CPU cores.
 SMALLER = {
