@@ -38,10 +38,11 @@ from __future__ import annotations
 import json
 import sys
 
-from experiments import host_memory
+from experiments import host_memory, tf_import
 
 if __name__ == "__main__":  # glibc reads it only at start: the program restarts once, before its imports
   host_memory.use_huge_pages()
+  tf_import.without_keras()  # before anything imports TensorFlow
 
 from absl import app, flags, logging
 

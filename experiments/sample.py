@@ -14,7 +14,10 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import config as config_lib
+from experiments import config as config_lib, tf_import
+
+if __name__ == "__main__":
+  tf_import.without_keras()  # before anything imports TensorFlow
 
 flags.DEFINE_string("workdir", None, "Run directory holding flags.flags and checkpoints/.", required=True)
 flags.DEFINE_string("prompt", "\n", "Text to continue (or to translate).")

@@ -38,4 +38,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  from experiments import tf_import  # pylint: disable=g-import-not-at-top
+  tf_import.without_keras()
   app.run(main)

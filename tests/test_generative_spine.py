@@ -73,11 +73,11 @@ def _gan_config(**kw):
 def test_each_player_has_its_own_optimizer(tmp_path):
   """With the generator's learning rate 0 only the discriminator moves, and the reverse."""
   source = data.load(_gan_config())
+  batch = next(data.batches(_gan_config(shuffle=False), source))  # no 50,000-example shuffle buffer to fill
   for lr, d_lr, moves, stays in ((0.0, 1e-2, "discriminator", "generator"), (1e-2, 1e-9, "generator", None)):
     config = _gan_config(learning_rate=lr, discriminator_learning_rate=d_lr)
     model, objective, tx, schedule = train.build(config, source)
     state = train.init_state(model, tx, source.example, jax.random.key(0), None)
-    batch = next(data.batches(config, source))
     new, _ = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), model=model, objective=objective,
                                                    tx=tx, schedule=schedule))(state, batch)
     change = {k: max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state.params[k]),
