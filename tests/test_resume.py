@@ -12,8 +12,8 @@ from conftest import ROOT, run_cli, train_in_process
 from experiments import checkpoint
 
 # Shuffled data and a decaying schedule: resuming must restore the data position and the step.
-RUN = ["--model=mlp", "--mlp.features=64,64", "--mlp.dropout=0.1", "--steps=600", "--batch_size=50",
-       "--schedule=warmup_cosine", "--warmup_steps=100", "--optimizer=adamw", "--weight_decay=1e-4",
+RUN = ["--model=mlp", "--mlp.features=64,64", "--mlp.dropout=0.1", "--steps=300", "--batch_size=50",
+       "--schedule=warmup_cosine", "--warmup_steps=50", "--optimizer=adamw", "--weight_decay=1e-4",
        "--log_every=10", "--eval_every=0", "--checkpoint_every=20", "--seed=5"]
 
 
@@ -52,9 +52,9 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path, caps
   reference = tmp_path / "uninterrupted"
   train_in_process(*RUN, workdir=reference)
   ref_step, ref_params = _params(reference)
-  assert ref_step == 600
+  assert ref_step == 300
   # Periodic saves every 20 steps, the last 3 kept (--keep_checkpoints default).
-  assert checkpoint.Checkpoints(str(reference / "checkpoints")).manager.all_steps() == [560, 580, 600]
+  assert checkpoint.Checkpoints(str(reference / "checkpoints")).manager.all_steps() == [260, 280, 300]
 
   # SIGTERM: saves a checkpoint where it is and exits cleanly, mid-way.
   terminated = tmp_path / "sigterm"
@@ -62,20 +62,20 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path, caps
   assert code == 0, out
   assert "SIGTERM: saved the checkpoint at step" in out
   stopped_at = checkpoint.Checkpoints(str(terminated / "checkpoints")).latest_step()
-  assert 10 <= stopped_at < 600 and not (terminated / "summary.json").exists()
+  assert 10 <= stopped_at < 300 and not (terminated / "summary.json").exists()
 
   # SIGKILL: nothing to catch; the run resumes from its last periodic checkpoint.
   killed = tmp_path / "sigkill"
   code, out, _ = _interrupt(killed, signal.SIGKILL, 50)
   assert code == -signal.SIGKILL
-  assert 40 <= checkpoint.Checkpoints(str(killed / "checkpoints")).latest_step() < 600
+  assert 40 <= checkpoint.Checkpoints(str(killed / "checkpoints")).latest_step() < 300
 
   for workdir in (terminated, killed):
     capsys.readouterr()
     train_in_process(*RUN, workdir=workdir)
     assert "Resumed from the checkpoint at step" in capsys.readouterr().out
     step, params = _params(workdir)
-    assert step == 600
+    assert step == 300
     for a, b in zip(ref_params, params):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
