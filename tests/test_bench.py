@@ -25,7 +25,7 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   analytic = 2 * 3 * 50 * (40 * 64 + 64 * 64 + 64 * 10)
   assert 0.5 * analytic < r["flops_per_step"] < 3 * analytic
   assert r["gflops_per_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms_median"] / 1e3) / 1e9)
-  assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0
+  assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0 and r["peak_matmul_dtype"] == "float32"
   assert r["peak_host_memory_mb"] > 100
   assert "tokens_per_s" not in r and r["rounds"] == 2 and r["steps_per_round"] >= r["timed_steps"]
   assert glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)  # the profiler's trace
@@ -36,3 +36,8 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   assert host_memory.applied() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
   row = bench_table.table([r]).splitlines()[-1]
   assert row.startswith("| `mlp` | Examples | 50 |") and "examples/s" in row
+
+
+def test_peak_matmul_in_the_compute_dtype():
+  """The peak that a bfloat16 run is measured against is a bfloat16 matmul's."""
+  assert timing.peak_matmul(128, repeats=2, dtype="bfloat16") > 0
