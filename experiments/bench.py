@@ -24,10 +24,11 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
 - `flops_per_step` from XLA's cost analysis of the compiled step (`flops_source` says so;
   it counts every operation XLA counts, elementwise and random-number ones too, so it is
   somewhat above the model's matmul FLOPs),
-  `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a matmul in the run's compute
-  dtype (`peak_matmul_dtype`: float32, or bfloat16 under `--dtype=bfloat16`, whose dots can
-  run on other units, e.g. AMX tiles) measured here, in the same process (before and after
-  the timed steps, the faster), with its fraction `fraction_of_peak`;
+  `gflops_per_s` achieved, and `peak_matmul_gflops_per_s`: a square matmul of the kind the
+  run's model computes (`peak_matmul_kind`: float32 x float32 -> float32; bfloat16 operands
+  under `--dtype=bfloat16` or `--matmul_dtype=bfloat16`, which some processors run on other
+  units, e.g. AMX tiles) measured here, in the same process (before and after the timed
+  steps, the faster), with its fraction `fraction_of_peak`;
 - `peak_host_memory_mb`: the process's peak resident memory; `host_memory_kept` and
   `huge_pages`: whether freed blocks of every size stayed in the heap and whether glibc
   mapped its memory in transparent huge pages (`experiments/host_memory.py`).
@@ -57,7 +58,7 @@ flags.DEFINE_integer("warmup_steps_bench", 3, "Untimed steps after compilation."
 flags.DEFINE_integer("bench_rounds", 5, "Rounds of the loop-against-device-held-inputs comparison (the fastest "
                      "of each kind is reported).", lower_bound=1)
 flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the steps timed on device-held inputs here.")
-flags.DEFINE_integer("matmul_size", 1024, "Side of the square matmul (of the compute dtype) that measures the peak.", lower_bound=64)
+flags.DEFINE_integer("matmul_size", 1024, "Side of the square matmul (of the model's kind) that measures the peak.", lower_bound=64)
 FLAGS = flags.FLAGS
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(str(e)) from None
   r = result
   print(f"{r['model']} on {r['dataset']}, batch {r['batch_size']}, {r['devices']} {r['platform']} device(s), "
-        f"{r['dtype']}; data: {r['feed']}; {r['steps_per_dispatch']} step(s) per dispatch, {r['timed_steps']} timed, "
+        f"{r['dtype']} (products: {r['peak_matmul_kind']}); data: {r['feed']}; {r['steps_per_dispatch']} step(s) per dispatch, {r['timed_steps']} timed, "
         f"{r['steps_per_round']} a round")
   print(f"compile {r['compile_s']:.2f} s; step {r['step_ms_median']:.2f} ms median "
         f"(p10 {r['step_ms_p10']:.2f}, p90 {r['step_ms_p90']:.2f}); reading a batch {r['input_ms_median']:.3f} ms")
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> None:
   print(rate)
   if r["flops_per_step"]:
     print(f"{r['flops_per_step'] / 1e9:.3f} GFLOP per step ({r['flops_source']}): {r['gflops_per_s']:.1f} GFLOP/s, "
-          f"{100 * r['fraction_of_peak']:.1f}% of a {FLAGS.matmul_size}^2 {r['peak_matmul_dtype']} matmul's "
+          f"{100 * r['fraction_of_peak']:.1f}% of a {FLAGS.matmul_size}^2 {r['peak_matmul_kind']} matmul's "
           f"{r['peak_matmul_gflops_per_s']:.1f} GFLOP/s measured here")
   print(f"peak host memory {r['peak_host_memory_mb']:.0f} MB (freed blocks of every size kept: {'yes' if r['host_memory_kept'] else 'no'}; "
         f"huge pages: {'yes' if r['huge_pages'] else 'no'})")

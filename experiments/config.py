@@ -117,6 +117,11 @@ class Config:
                                  "from the host. 0: always stream.", lower=0.0)
   dtype: str = _field("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
                       "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
+  matmul_dtype: str = _field("float32", "bfloat16: every matrix product of a float32 model takes bfloat16 "
+                             "operands, accumulated and returned in float32, in the backward pass too; "
+                             "everything else stays float32 (torch.autocast's treatment of matmuls). On "
+                             "CPUs with AMX tiles XLA runs these products several times faster "
+                             "(nets/matmul_precision.py).", choices=("float32", "bfloat16"))
   parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
   num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
   cpu_threads: int = _field(0, "Threads of XLA's CPU backend (0: one per core the process may use). Tiny "
@@ -150,6 +155,9 @@ class Config:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if not 0.0 < self.mask_rate < 1.0:
       raise ConfigError(f"--mask_rate={self.mask_rate!r} must be in (0, 1)")
+    if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
+      raise ConfigError(f"--matmul_dtype=bfloat16 is for float32 models; --dtype={self.dtype} already "
+                        "computes every product in that dtype")
     if self.dataset == "char_text" and self.text_path and not os.path.isfile(os.path.expanduser(self.text_path)):
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):

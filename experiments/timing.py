@@ -13,14 +13,24 @@ from experiments import config as config_lib
 from experiments import host_memory
 
 
-def peak_matmul(n: int = 1024, repeats: int = 10, dtype: str = "float32") -> float:
-  """GFLOP/s of the best of `repeats` jitted n x n matmuls of `dtype` operands on the default
-  device (a bfloat16 one returns bfloat16, as the model's layers do under `--dtype`)."""
+def matmul_kind(config: config_lib.Config) -> str:
+  """The matrix product a run's model computes: operand dtypes -> result dtype."""
+  if config.dtype == "bfloat16":
+    return "bfloat16 x bfloat16 -> bfloat16"
+  if config.matmul_dtype == "bfloat16":
+    return "bfloat16 x bfloat16 -> float32"
+  return "float32 x float32 -> float32"
+
+
+def peak_matmul(n: int = 1024, repeats: int = 10, kind: str = "float32 x float32 -> float32") -> float:
+  """GFLOP/s of the best of `repeats` jitted n x n matmuls of `kind` (`matmul_kind`) on the
+  default device."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  dot = jax.jit(jnp.dot)
+  operands, result = kind.split(" x ")[0], kind.split(" -> ")[1]
+  a = jax.random.normal(jax.random.key(0), (n, n), operands)
+  b = jax.random.normal(jax.random.key(1), (n, n), operands)
+  dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=result))
   dot(a, b).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -57,7 +67,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   compile_s = compiled.compile_s
   flops = _flops(steps_fn) if config.parallel == "jit" else compiled.flops_per_step(k)
   chunks = max(3, math.ceil(steps / k))  # at least 3 dispatches each way
-  peak_before = peak_matmul(matmul_size, dtype=config.dtype)  # and after the steps: the faster (one can meet a busy core)
+  peak_before = peak_matmul(matmul_size, kind=matmul_kind(config))  # and after the steps: the faster (one can meet a busy core)
 
   step = 0
 
@@ -110,10 +120,11 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
 
   median_step, median_input = statistics.median(step_s), statistics.median(input_s)
   deciles = statistics.quantiles(step_s, n=10) if len(step_s) > 1 else [median_step] * 9
-  peak = max(peak_before, peak_matmul(matmul_size, dtype=config.dtype))
+  peak = max(peak_before, peak_matmul(matmul_size, kind=matmul_kind(config)))
   result = {
       "model": config.model, "dataset": config.dataset, "batch_size": config.batch_size,
       "devices": par.num_devices, "platform": jax.devices()[0].platform, "dtype": config.dtype,
+      "matmul_dtype": config.matmul_dtype,
       "feed": type(feed).__name__, "steps_per_dispatch": k, "timed_steps": chunks * k, "rounds": rounds,
       "steps_per_round": round_chunks * k,
       "compile_s": compile_s,
@@ -124,7 +135,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "examples_per_s": config.batch_size / loop_s,
       "flops_per_step": flops, "flops_source": "XLA cost analysis of the compiled step" if flops else None,
       "gflops_per_s": flops / median_step / 1e9 if flops else None,
-      "peak_matmul_gflops_per_s": peak, "peak_matmul_dtype": config.dtype,
+      "peak_matmul_gflops_per_s": peak, "peak_matmul_kind": matmul_kind(config),
       "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "host_memory_kept": host_memory.applied(),
       "huge_pages": host_memory.huge_pages(),

@@ -52,17 +52,17 @@ class NonFiniteLoss(RuntimeError):
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
-               schedule: Callable[[Any], Any], axis_name: str | None = None, dtype: Any = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule: Callable[[Any], Any], axis_name: str | None = None, dtype: Any = None,
+               matmul_dtype: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on one device's view of the batch (see experiments.parallel);
-  the model computes in `dtype` (None: float32; see nets.apply)."""
+  the model computes in `dtype` (None: float32), its products in `matmul_dtype` (see nets.apply)."""
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # each device draws its own dropout masks
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   model_rng, objective_rng = jax.random.split(rng)
 
   def loss_fn(params):
-    apply = Apply(model, params, state.model_state, model_rng, train=True, dtype=dtype)
+    apply = Apply(model, params, state.model_state, model_rng, train=True, dtype=dtype, matmul_dtype=matmul_dtype)
     per_example = objective(apply, batch, objective_rng)
     return jnp.mean(per_example["loss"]), (per_example, apply.new_model_state)
 
@@ -82,12 +82,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
               model: nn.Module, objective: nets.objectives.Objective, axis_name: str | None = None,
-              dtype: Any = None) -> dict[str, jax.Array]:
+              dtype: Any = None, matmul_dtype: Any = None) -> dict[str, jax.Array]:
   """Sums of the per-example metrics over the unmasked examples, and their count."""
   batch = dict(batch)
   mask = batch.pop("mask")
   model_rng, objective_rng = jax.random.split(rng)
-  apply = Apply(model, state.params, state.model_state, model_rng, train=False, dtype=dtype)
+  apply = Apply(model, state.params, state.model_state, model_rng, train=False, dtype=dtype,
+                matmul_dtype=matmul_dtype)
   per_example = getattr(objective, "evaluate", objective)(apply, batch, objective_rng)
   sums = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
   sums["count"] = jnp.sum(mask)
@@ -385,7 +386,7 @@ class Prepared(NamedTuple):
   objective: nets.objectives.Objective
   tx: optax.GradientTransformation
   schedule: Callable[[Any], Any]
-  dtype: Any  # the models' compute dtype (None: float32)
+  precision: dict[str, Any]  # the model's compute dtype and matmul_dtype (None: float32), for Apply
   state: TrainState  # freshly initialised
   state_sharding: Any
   resident: Any  # the feed's arrays held on the devices
@@ -418,12 +419,13 @@ def prepare(config: Config) -> Prepared:
       state = init_state(model, tx, source.example, init_key, state_sharding)
   except ValueError as e:
     raise ConfigError(f"--model={config.model}: {e}") from e
-  dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+  bf16 = lambda name: jnp.bfloat16 if name == "bfloat16" else None
+  precision = {"dtype": bf16(config.dtype), "matmul_dtype": bf16(config.matmul_dtype)}
   resident = par.put_resident(feed.resident)
   p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
-                                                schedule=schedule, dtype=dtype), feed.take, state_sharding)
+                                                schedule=schedule, **precision), feed.take, state_sharding)
   steps = Steps(config, p_steps, par, feed, state, resident, step_key)
-  return Prepared(par, source, feed, data_read_at, model, objective, tx, schedule, dtype, state, state_sharding,
+  return Prepared(par, source, feed, data_read_at, model, objective, tx, schedule, precision, state, state_sharding,
                   resident, steps, step_key, eval_key)
 
 
@@ -451,7 +453,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, run.state_sharding))
 
-  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective, dtype=run.dtype),
+  p_eval = par.compile(functools.partial(eval_step, model=model, objective=objective, **run.precision),
                        run.state_sharding, returns_state=False)
   host_eval_batches = data.eval_batches(config, source)
   eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.device_data_mb * 2**20)

@@ -8,7 +8,9 @@ parameters (e.g. the generator's loss through a GAN's discriminator).
 
 With a compute `dtype` (mixed precision, e.g. bfloat16) each call casts the floating-point
 parameters and inputs to it and the floating-point outputs back to float32: parameters,
-their gradients, optimizer state, model state and losses stay float32.
+their gradients, optimizer state, model state and losses stay float32. With
+`matmul_dtype=bfloat16` instead, only the model's matrix products take bfloat16 operands
+(accumulated and returned in float32; `nets.matmul_precision`), everything else is float32.
 """
 
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from nets.matmul_precision import bf16_matmuls
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
@@ -29,10 +33,16 @@ class Apply:
   """Runs `model` with bound variables and randomness; records updated model state."""
 
   def __init__(self, model: nn.Module, params: Any, model_state: Any, rng: jax.Array, train: bool,
-               dtype: Any = None):
+               dtype: Any = None, matmul_dtype: Any = None):
     self.model, self.params, self.model_state = model, params, model_state
     self.rng, self.train = rng, train
     self.dtype = None if dtype is None or jnp.dtype(dtype) == jnp.float32 else jnp.dtype(dtype)
+    bf16_products = matmul_dtype is not None and jnp.dtype(matmul_dtype) == jnp.bfloat16
+    if matmul_dtype is not None and not bf16_products and jnp.dtype(matmul_dtype) != jnp.float32:
+      raise ValueError(f"matmul_dtype must be float32 or bfloat16; got {matmul_dtype}")
+    if bf16_products and self.dtype is not None:
+      raise ValueError(f"matmul_dtype=bfloat16 is for float32 models; this one computes in {self.dtype}")
+    self._model_apply = bf16_matmuls(model.apply) if bf16_products else model.apply
     self.new_model_state = model_state
     self._calls = 0
 
@@ -54,11 +64,11 @@ class Apply:
       params, args, kwargs = cast_floating((params, args, kwargs), self.dtype)
     variables = {"params": params, **self.new_model_state}  # earlier calls' updates (e.g. batch norm) kept
     if self.train and self.model_state:
-      out, updated = self.model.apply(variables, *args, train=True, rngs={"dropout": rng},
+      out, updated = self._model_apply(variables, *args, train=True, rngs={"dropout": rng},
                                       mutable=list(self.model_state), **kwargs)
       if self.dtype is not None:
         updated = cast_floating(dict(updated), jnp.float32)
       self.new_model_state = {**self.new_model_state, **dict(updated)}
     else:
-      out = self.model.apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
+      out = self._model_apply(variables, *args, train=self.train, rngs={"dropout": rng}, **kwargs)
     return out if self.dtype is None else cast_floating(out, jnp.float32)

@@ -25,7 +25,7 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   analytic = 2 * 3 * 50 * (40 * 64 + 64 * 64 + 64 * 10)
   assert 0.5 * analytic < r["flops_per_step"] < 3 * analytic
   assert r["gflops_per_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms_median"] / 1e3) / 1e9)
-  assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0 and r["peak_matmul_dtype"] == "float32"
+  assert r["peak_matmul_gflops_per_s"] > 0 and r["fraction_of_peak"] > 0 and r["peak_matmul_kind"] == "float32 x float32 -> float32"
   assert r["peak_host_memory_mb"] > 100
   assert "tokens_per_s" not in r and r["rounds"] == 2 and r["steps_per_round"] >= r["timed_steps"]
   assert glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)  # the profiler's trace
@@ -38,6 +38,9 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   assert row.startswith("| `mlp` | Examples | 50 |") and "examples/s" in row
 
 
-def test_peak_matmul_in_the_compute_dtype():
-  """The peak that a bfloat16 run is measured against is a bfloat16 matmul's."""
-  assert timing.peak_matmul(128, repeats=2, dtype="bfloat16") > 0
+def test_peak_matmul_of_the_models_kind():
+  """The peak a run is measured against is that of the products its model computes."""
+  assert timing.matmul_kind(Config(dtype="bfloat16")) == "bfloat16 x bfloat16 -> bfloat16"
+  assert timing.matmul_kind(Config(matmul_dtype="bfloat16")) == "bfloat16 x bfloat16 -> float32"
+  for kind in ("bfloat16 x bfloat16 -> bfloat16", "bfloat16 x bfloat16 -> float32"):
+    assert timing.peak_matmul(128, repeats=2, kind=kind) > 0

@@ -1,0 +1,178 @@
+"""Matrix products in bfloat16 inside float32 models: what `torch.autocast` does to matmuls.
+
+`bf16_matmuls(fn)` runs `fn` with every float32 x float32 `dot_general` (dense layers,
+attention's products, einsums, a tied embedding's logits) computed by `bf16_dot_general`:
+its operands rounded to bfloat16, the products accumulated and returned in float32. Every
+other operation (normalisations, softmax, activations, losses) and every array between them
+stays float32. The backward pass does the same: the product's cotangent is rounded to
+bfloat16 and both operands' gradients are bfloat16 x bfloat16 -> float32 products.
+
+Why: XLA's CPU backend runs bfloat16 x bfloat16 -> float32 products on the AMX tiles of
+processors that have them (Intel Xeon since Sapphire Rapids), several times faster than
+float32 ones; an all-bfloat16 model (`nets.apply` with `dtype=bfloat16`) gains nothing
+there, as XLA computes its bfloat16-output products in float32 and converts around every
+elementwise operation. On accelerators it is the usual mixed precision of the products.
+
+It rewrites the function's jaxpr: `fn` is traced once, then evaluated equation by equation
+with the products replaced, inside `jit`, `remat`, `scan`, `while` and `cond` bodies too.
+Functions with custom derivatives (e.g. `jax.nn.gelu`) are kept as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.extend.core as jex
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_F32 = jnp.dtype(jnp.float32)
+_BF16 = jnp.dtype(jnp.bfloat16)
+
+
+def _row_major(a: jax.Array) -> jax.Array:
+  """`a`, laid out row-major in memory: a reshape to one dimension behind an optimization
+  barrier, which XLA's simplifier and layout assignment cannot see through. So XLA can
+  neither fold a transposition into the product that reads `a` (or that produced it) nor
+  give that product a transposed layout; its CPU backend has no bfloat16 x bfloat16 ->
+  float32 product for those (it computes some in float32 and fails at run time on others).
+  Free where `a` is already row-major and feeds or comes from another operation."""
+  return lax.optimization_barrier(a.reshape(-1)).reshape(a.shape)
+
+
+def _dot(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
+  """`lax.dot_general(x, y, dimension_numbers)` accumulated and returned in float32, computed
+  in the one form every backend runs well: a [batch, m, k] x [batch, k, n] product of
+  row-major operands (transposed and reshaped into it, and the result back)."""
+  (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
+  x_kept = [d for d in range(x.ndim) if d not in x_contract and d not in x_batch]
+  y_kept = [d for d in range(y.ndim) if d not in y_contract and d not in y_batch]
+  size = lambda a, dims: math.prod(a.shape[d] for d in dims)
+  lead = (size(x, x_batch),) if x_batch else ()
+  xm = jnp.transpose(x, [*x_batch, *x_kept, *x_contract]).reshape(lead + (size(x, x_kept), size(x, x_contract)))
+  ym = jnp.transpose(y, [*y_batch, *y_contract, *y_kept]).reshape(lead + (size(y, y_contract), size(y, y_kept)))
+  batch = tuple(range(len(lead)))
+  out = lax.dot_general(_row_major(xm), _row_major(ym), (((len(lead) + 1,), (len(lead),)), (batch, batch)),
+                        preferred_element_type=jnp.float32)
+  return _row_major(out).reshape([x.shape[d] for d in (*x_batch, *x_kept)] + [y.shape[d] for d in y_kept])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def bf16_dot_general(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
+  """`lax.dot_general(x, y, dimension_numbers)` on operands rounded to bfloat16, accumulated
+  and returned in float32; its gradients are bfloat16 x bfloat16 -> float32 products too."""
+  return _dot(x.astype(_BF16), y.astype(_BF16), dimension_numbers)
+
+
+def _forward(x, y, dimension_numbers):
+  x, y = x.astype(_BF16), y.astype(_BF16)
+  return _dot(x, y, dimension_numbers), (x, y)
+
+
+def _operand_gradient(g, other, dimension_numbers, ndim: int, second: bool):
+  """The cotangent of a product's first operand (of its second with `second`), of `ndim`
+  dimensions, from the product's cotangent `g` and the other operand: the product JAX's
+  transpose rule for dot_general computes, here in bfloat16 with a float32 result."""
+  (contract, other_contract), (batch, other_batch) = dimension_numbers
+  kept = [d for d in range(ndim) if d not in contract and d not in batch]
+  other_kept = [d for d in range(other.ndim) if d not in other_contract and d not in other_batch]
+  nb = len(batch)
+  start = nb if second else nb + len(kept)  # g: batch, the first operand's kept, the second's kept
+  g_other = list(range(start, start + len(other_kept)))
+  grad = _dot(g, other, ((g_other, other_kept), (list(range(nb)), list(other_batch))))
+  # grad's dimensions: batch, kept, then the contracting ones in `other`'s order.
+  contract_in_other_order = list(np.take(contract, np.argsort(other_contract)))
+  return jnp.transpose(grad, np.argsort([*batch, *kept, *contract_in_other_order]))
+
+
+def _backward(dimension_numbers, residuals, g):
+  x, y = residuals
+  g = g.astype(_BF16)
+  (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
+  dx = _operand_gradient(g, y, dimension_numbers, x.ndim, second=False)
+  dy = _operand_gradient(g, x, ((y_contract, x_contract), (y_batch, x_batch)), y.ndim, second=True)
+  return dx, dy
+
+
+bf16_dot_general.defvjp(_forward, _backward)
+
+
+def _replaced(eqn: jex.JaxprEqn, invals: list[Any]) -> bool:
+  return (eqn.primitive.name == "dot_general" and all(jnp.result_type(v) == _F32 for v in invals)
+          and eqn.params.get("preferred_element_type") in (None, _F32))
+
+
+_INLINED = ("jit", "pjit", "closed_call", "core_call")
+_REMAT = ("checkpoint", "remat2")
+_CUSTOM_DERIVATIVES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin")
+
+
+def _rewritten(closed: jex.ClosedJaxpr) -> jex.ClosedJaxpr:
+  """`closed` with its products replaced: a jaxpr of the same signature."""
+  avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+  return jax.make_jaxpr(lambda *a: _evaluate(closed.jaxpr, closed.consts, a))(*avals)
+
+
+def _rewritten_param(value: Any) -> Any:
+  if isinstance(value, jex.ClosedJaxpr):  # scan's and while's bodies
+    return _rewritten(value)
+  if isinstance(value, tuple) and value and all(isinstance(v, jex.ClosedJaxpr) for v in value):  # cond's branches
+    return tuple(_rewritten(v) for v in value)
+  return value
+
+
+def _evaluate(jaxpr: jex.Jaxpr, consts, args) -> list[Any]:
+  """`jaxpr` evaluated on `args` (as `jax.core.eval_jaxpr` does) with its products replaced."""
+  env: dict[Any, Any] = {}
+
+  def read(v):
+    return v.val if isinstance(v, jex.Literal) else env[v]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name, params = eqn.primitive.name, eqn.params
+    if _replaced(eqn, invals):
+      out = [bf16_dot_general(*invals, params["dimension_numbers"])]
+    elif name in _INLINED:
+      out = _evaluate(params["jaxpr"].jaxpr, params["jaxpr"].consts, invals)
+    elif name in _REMAT:
+      body = functools.partial(_evaluate, params["jaxpr"], ())
+      out = jax.checkpoint(lambda *a, body=body: body(a), prevent_cse=params["prevent_cse"],
+                           policy=params["policy"])(*invals)
+    else:
+      if name not in _CUSTOM_DERIVATIVES:  # their derivative rules refer to the body as it is
+        params = {k: _rewritten_param(v) for k, v in params.items()}
+      with eqn.ctx.manager:
+        out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+      out = out if eqn.primitive.multiple_results else [out]
+    env.update(zip(eqn.outvars, out))
+  return [read(v) for v in jaxpr.outvars]
+
+
+def bf16_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` with its float32 matrix products computed by `bf16_dot_general`. Its arguments
+  may be any pytrees; leaves that are not arrays (flags, names) are held fixed."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    arrays = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray, np.generic))]
+
+    def on_arrays(*values):
+      full = list(leaves)
+      for i, v in zip(arrays, values):
+        full[i] = v
+      a, k = jax.tree.unflatten(tree, full)
+      return fn(*a, **k)
+
+    values = [leaves[i] for i in arrays]
+    closed, shape = jax.make_jaxpr(on_arrays, return_shape=True)(*values)
+    return jax.tree.unflatten(jax.tree.structure(shape), _evaluate(closed.jaxpr, closed.consts, values))
+
+  return wrapped
