@@ -44,19 +44,46 @@ def _row_major(a: jax.Array) -> jax.Array:
   return lax.optimization_barrier(a.reshape(-1)).reshape(a.shape)
 
 
-def _dot(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
-  """`lax.dot_general(x, y, dimension_numbers)` accumulated and returned in float32, computed
-  in the one form every backend runs well: a [batch, m, k] x [batch, k, n] product of
-  row-major operands (transposed and reshaped into it, and the result back)."""
+def _layout(x, y, dimension_numbers):
+  """How to compute dot_general(x, y) as a [batch, m, k] x [batch, k, n] (or [batch, n, k])
+  product with `x` on the left: the dimension orders of both operands, whether the right one
+  is [batch, n, k], and the elements transposed to get there."""
   (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
   x_kept = [d for d in range(x.ndim) if d not in x_contract and d not in x_batch]
   y_kept = [d for d in range(y.ndim) if d not in y_contract and d not in y_batch]
+  x_order = [*x_batch, *x_kept, *x_contract]
+  y_order = [*y_batch, *y_kept, *y_contract]  # [batch, n, k]: no copy where y already is
+  y_nk = y_order == list(range(y.ndim))
+  if not y_nk:
+    y_order = [*y_batch, *y_contract, *y_kept]
+  moved = lambda a, order: a.size if order != list(range(a.ndim)) else 0
+  return x_order, y_order, y_nk, x_kept, y_kept, moved(x, x_order) + moved(y, y_order)
+
+
+def _dot(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
+  """`lax.dot_general(x, y, dimension_numbers)` accumulated and returned in float32, computed
+  in the forms XLA's backends run well: [batch, m, k] x [batch, k, n] or x [batch, n, k]
+  products of row-major operands, transposed and reshaped into them, with `x` or `y` on the
+  left, whichever transposes fewer elements (a weight gradient x.T @ g transposes the smaller
+  of x and g)."""
+  (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
+  swapped = ((y_contract, x_contract), (y_batch, x_batch))
+  x_left, y_left = _layout(x, y, dimension_numbers), _layout(y, x, swapped)
+  out_size = math.prod(x.shape[d] for d in x_left[3]) * math.prod(y.shape[d] for d in y_left[3]) * math.prod(
+      x.shape[d] for d in x_batch)
+  if y_left[5] + 2 * out_size < x_left[5]:  # a float32 result to transpose: twice a bfloat16 operand's bytes
+    out = _dot(y, x, swapped)
+    nb, ny = len(x_batch), len(y_left[3])
+    return jnp.moveaxis(out, list(range(nb, nb + ny)), list(range(out.ndim - ny, out.ndim)))
+  x_order, y_order, y_nk, x_kept, y_kept, _ = x_left
   size = lambda a, dims: math.prod(a.shape[d] for d in dims)
   lead = (size(x, x_batch),) if x_batch else ()
-  xm = jnp.transpose(x, [*x_batch, *x_kept, *x_contract]).reshape(lead + (size(x, x_kept), size(x, x_contract)))
-  ym = jnp.transpose(y, [*y_batch, *y_contract, *y_kept]).reshape(lead + (size(y, y_contract), size(y, y_kept)))
-  batch = tuple(range(len(lead)))
-  out = lax.dot_general(_row_major(xm), _row_major(ym), (((len(lead) + 1,), (len(lead),)), (batch, batch)),
+  m, k, n = size(x, x_kept), size(x, x_contract), size(y, y_kept)
+  xm = jnp.transpose(x, x_order).reshape(lead + (m, k))
+  ym = jnp.transpose(y, y_order).reshape(lead + ((n, k) if y_nk else (k, n)))
+  nb = len(lead)
+  batch = tuple(range(nb))
+  out = lax.dot_general(_row_major(xm), _row_major(ym), (((nb + 1,), (nb + 1 if y_nk else nb,)), (batch, batch)),
                         preferred_element_type=jnp.float32)
   return _row_major(out).reshape([x.shape[d] for d in (*x_batch, *x_kept)] + [y.shape[d] for d in y_kept])
 

@@ -20,6 +20,8 @@ _ROUND = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)  # bfloat16 values
 @pytest.mark.parametrize("x_shape,y_shape,dims", [
     ((6, 5), (5, 3), (((1,), (0,)), ((), ()))),  # x @ y
     ((5, 6), (5, 3), (((0,), (0,)), ((), ()))),  # x.T @ y: a weight gradient's layout
+    ((8, 32), (8, 2), (((0,), (0,)), ((), ()))),  # the same, computed as (y.T @ x).T: fewer elements moved
+    ((2, 8, 32), (2, 8, 3), (((1,), (1,)), ((0,), (0,)))),  # and batched
     ((6, 5), (3, 5), (((1,), (1,)), ((), ()))),  # x @ y.T
     ((2, 3, 4, 5), (2, 3, 6, 5), (((3,), (3,)), ((0, 1), (0, 1)))),  # attention's scores
     ((2, 6, 4, 5), (2, 4, 5, 6), (((1,), (3,)), ((0,), (0,)))),  # contraction and batch anywhere
