@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.extend.core as jex
@@ -44,10 +44,18 @@ def _row_major(a: jax.Array) -> jax.Array:
   return lax.optimization_barrier(a.reshape(-1)).reshape(a.shape)
 
 
-def _layout(x, y, dimension_numbers):
-  """How to compute dot_general(x, y) as a [batch, m, k] x [batch, k, n] (or [batch, n, k])
-  product with `x` on the left: the dimension orders of both operands, whether the right one
-  is [batch, n, k], and the elements transposed to get there."""
+class _Layout(NamedTuple):
+  """dot_general(x, y) as a [batch, m, k] x [batch, k, n] (or x [batch, n, k]) product with `x`
+  on the left: the operands' dimension orders, and the elements transposed to get there."""
+  x_order: list[int]
+  y_order: list[int]
+  y_nk: bool  # the right operand is [batch, n, k]
+  x_kept: list[int]
+  y_kept: list[int]
+  moved: int
+
+
+def _layout(x, y, dimension_numbers) -> _Layout:
   (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
   x_kept = [d for d in range(x.ndim) if d not in x_contract and d not in x_batch]
   y_kept = [d for d in range(y.ndim) if d not in y_contract and d not in y_batch]
@@ -57,7 +65,7 @@ def _layout(x, y, dimension_numbers):
   if not y_nk:
     y_order = [*y_batch, *y_contract, *y_kept]
   moved = lambda a, order: a.size if order != list(range(a.ndim)) else 0
-  return x_order, y_order, y_nk, x_kept, y_kept, moved(x, x_order) + moved(y, y_order)
+  return _Layout(x_order, y_order, y_nk, x_kept, y_kept, moved(x, x_order) + moved(y, y_order))
 
 
 def _dot(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
@@ -68,24 +76,22 @@ def _dot(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
   of x and g)."""
   (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
   swapped = ((y_contract, x_contract), (y_batch, x_batch))
-  x_left, y_left = _layout(x, y, dimension_numbers), _layout(y, x, swapped)
-  out_size = math.prod(x.shape[d] for d in x_left[3]) * math.prod(y.shape[d] for d in y_left[3]) * math.prod(
-      x.shape[d] for d in x_batch)
-  if y_left[5] + 2 * out_size < x_left[5]:  # a float32 result to transpose: twice a bfloat16 operand's bytes
-    out = _dot(y, x, swapped)
-    nb, ny = len(x_batch), len(y_left[3])
-    return jnp.moveaxis(out, list(range(nb, nb + ny)), list(range(out.ndim - ny, out.ndim)))
-  x_order, y_order, y_nk, x_kept, y_kept, _ = x_left
+  plan, other = _layout(x, y, dimension_numbers), _layout(y, x, swapped)
   size = lambda a, dims: math.prod(a.shape[d] for d in dims)
+  out_size = size(x, x_batch) * size(x, plan.x_kept) * size(y, plan.y_kept)
+  if other.moved + 2 * out_size < plan.moved:  # a float32 result to transpose: twice a bfloat16 operand's bytes
+    out = _dot(y, x, swapped)  # [batch, y's kept, x's kept]
+    nb, ny = len(x_batch), len(plan.y_kept)
+    return jnp.moveaxis(out, list(range(nb, nb + ny)), list(range(out.ndim - ny, out.ndim)))
   lead = (size(x, x_batch),) if x_batch else ()
-  m, k, n = size(x, x_kept), size(x, x_contract), size(y, y_kept)
-  xm = jnp.transpose(x, x_order).reshape(lead + (m, k))
-  ym = jnp.transpose(y, y_order).reshape(lead + ((n, k) if y_nk else (k, n)))
+  m, k, n = size(x, plan.x_kept), size(x, x_contract), size(y, plan.y_kept)
+  xm = jnp.transpose(x, plan.x_order).reshape(lead + (m, k))
+  ym = jnp.transpose(y, plan.y_order).reshape(lead + ((n, k) if plan.y_nk else (k, n)))
   nb = len(lead)
   batch = tuple(range(nb))
-  out = lax.dot_general(_row_major(xm), _row_major(ym), (((nb + 1,), (nb + 1 if y_nk else nb,)), (batch, batch)),
+  out = lax.dot_general(_row_major(xm), _row_major(ym), (((nb + 1,), (nb + 1 if plan.y_nk else nb,)), (batch, batch)),
                         preferred_element_type=jnp.float32)
-  return _row_major(out).reshape([x.shape[d] for d in (*x_batch, *x_kept)] + [y.shape[d] for d in y_kept])
+  return _row_major(out).reshape([x.shape[d] for d in (*x_batch, *plan.x_kept)] + [y.shape[d] for d in plan.y_kept])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
