@@ -98,7 +98,7 @@ def _dot(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
 def bf16_dot_general(x: jax.Array, y: jax.Array, dimension_numbers) -> jax.Array:
   """`lax.dot_general(x, y, dimension_numbers)` on operands rounded to bfloat16, accumulated
   and returned in float32; its gradients are bfloat16 x bfloat16 -> float32 products too."""
-  return _dot(x.astype(_BF16), y.astype(_BF16), dimension_numbers)
+  return _forward(x, y, dimension_numbers)[0]
 
 
 def _forward(x, y, dimension_numbers):
