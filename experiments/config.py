@@ -158,6 +158,8 @@ class Config:
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
       raise ConfigError(f"--matmul_dtype=bfloat16 is for float32 models; --dtype={self.dtype} already "
                         "computes every product in that dtype")
+    if self.model_hparams.get("attention_kernel") == "cudnn" and self.dtype == "float32":
+      raise ConfigError(f"--{self.model}.attention_kernel=cudnn runs in 16 bits: it needs --dtype=bfloat16")
     if self.dataset == "char_text" and self.text_path and not os.path.isfile(os.path.expanduser(self.text_path)):
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):

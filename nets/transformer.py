@@ -72,6 +72,7 @@ class MultiHeadAttention(nn.Module):
   sparse_impl: str = "blocked"
   decode: bool = False
   max_len: int = 0
+  kernel: str = "xla"  # dense causal self-attention: "xla" (any platform) or "cudnn" (fused, NVIDIA GPUs)
 
   def _sparse(self) -> dict[str, Any]:
     return {"block": self.sparse_block, "local": self.sparse_local or None, "summary": self.sparse_summary}
@@ -92,6 +93,8 @@ class MultiHeadAttention(nn.Module):
 
     if self.decode and context is None:
       out = self._cached(q, k, v)
+    elif self.kernel == "cudnn" and not self.is_initializing():  # (init may run in float32: same shapes)
+      out = _cudnn_causal(q, k, v, rate, mask, context, self.pattern)
     elif self.causal and context is None and self.pattern != "dense" and not rate:
       pad = (-x.shape[1]) % self.sparse_block  # blocked attention runs on whole blocks
       q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
@@ -127,6 +130,19 @@ class MultiHeadAttention(nn.Module):
     k_pos = jnp.arange(key.value.shape[1])
     mask = sparse_attention.allowed(self.pattern, q_pos[:, None], k_pos[None, :], **self._sparse())
     return sparse_attention.dense_attention(q, key.value, value.value, mask)
+
+
+def _cudnn_causal(q: Array, k: Array, v: Array, rate: float, mask: Array | None, context: Array | None,
+                  pattern: str) -> Array:
+  """Dense causal self-attention in cuDNN's fused kernel (flash attention: the [T, T] scores
+  never reach memory); it has no attention dropout and wants 16-bit inputs."""
+  if context is not None or mask is not None or pattern != "dense" or rate:
+    raise ValueError("the cudnn attention kernel computes dense causal self-attention without a padding mask "
+                     f"or attention dropout; got pattern={pattern!r}, dropout={rate}, "
+                     f"mask={mask is not None}, context={context is not None}")
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"the cudnn attention kernel needs bfloat16 or float16 inputs (--dtype=bfloat16); got {q.dtype}")
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
 
 class MLP(nn.Module):
@@ -181,6 +197,7 @@ RematBlock = nn.remat(Block, static_argnums=(5,))
 
 PATTERNS = sparse_attention.PATTERNS
 IMPLS = ("blocked", "masked")
+KERNELS = ("xla", "cudnn")
 
 
 def _check(owner: str, module: nn.Module) -> None:
@@ -264,11 +281,17 @@ class GPT(_Transformer):
   sparse_local: int = 0
   sparse_summary: int = 1
   sparse_impl: str = "blocked"
+  attention_kernel: str = "xla"  # "cudnn": cuDNN's fused (flash) kernel on NVIDIA GPUs; dense, no dropout, bf16
   decode: bool = False
 
   def __post_init__(self):
     if self.vocab_size and self.max_len:  # 0 until the trainer fills them from the data
       _check("GPT", self)
+    if self.attention_kernel not in KERNELS:
+      raise ValueError(f"GPT.attention_kernel must be one of {', '.join(KERNELS)}; got {self.attention_kernel!r}")
+    if self.attention_kernel == "cudnn" and (self.attention != "dense" or self.dropout):
+      raise ValueError("GPT.attention_kernel='cudnn' computes dense attention without dropout; got "
+                       f"attention={self.attention!r}, dropout={self.dropout}")
     if self.attention not in PATTERNS:
       raise ValueError(f"GPT.attention must be one of {', '.join(PATTERNS)}; got {self.attention!r}")
     if self.sparse_impl not in IMPLS:
@@ -284,7 +307,8 @@ class GPT(_Transformer):
     x = nn.Dropout(self.dropout, deterministic=not train)(embed(tokens))
     attention = {"pattern": self.attention, "sparse_block": self.sparse_block, "sparse_local": self.sparse_local,
                  "sparse_summary": self.sparse_summary, "sparse_impl": self.sparse_impl,
-                 "decode": self.decode, "max_len": self.max_len}
+                 "decode": self.decode, "max_len": self.max_len,
+                 "kernel": "xla" if self.decode else self.attention_kernel}
     for i in range(self.num_layers):
       x = self._block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers, causal=True,
                       attention=attention, name=f"block{i}")(x, None, None, None, train)

@@ -84,6 +84,7 @@ def test_every_flag_file_runs_two_steps(path, tmp_path):
     (["--dataset=char_text", "--text_path=/no/such/input.txt"], "--text_path"),
     (["--mask_rate=0"], "mask_rate"),
     (["--model=gpt", "--gpt.attention=sparse"], "sparse"),
+    (["--model=gpt", "--gpt.attention_kernel=cudnn"], "--dtype=bfloat16"),
 ])
 def test_bad_flags_are_rejected(args, message):
   with pytest.raises((config_lib.ConfigError, flags.IllegalFlagValueError)) as e:

@@ -350,6 +350,9 @@ def test_language_models_learn_a_pattern(name, kwargs, objective):
     ("gpt", {"attention": "sparse"}, "attention"),
     ("gpt", {"attention": "strided"}, "sparse_block"),
     ("gpt", {"sparse_impl": "fast"}, "sparse_impl"),
+    ("gpt", {"attention_kernel": "flash"}, "attention_kernel"),
+    ("gpt", {"attention_kernel": "cudnn", "dropout": 0.1}, "without dropout"),
+    ("gpt", {"attention_kernel": "cudnn", "attention": "strided", "sparse_block": 4}, "dense"),
     ("gpt", {**TINY_GPT, "embed_dim": 15}, "embed_dim"),
     ("bert", {"head": "pool"}, "head"),
     ("rnn_lm", {"cell": "transformer"}, "cell"),
@@ -364,3 +367,14 @@ def test_gpt_rejects_sequences_longer_than_its_context():
   with pytest.raises(ValueError, match="max_len"):
     model.init(jax.random.key(0), _tokens((1, 17)))
 
+
+
+def test_cudnn_attention_kernel_wants_16_bit_inputs():
+  """The cuDNN kernel runs on NVIDIA GPUs (checked there: `README.md`, GPU benchmarks); here
+  its model initialises (on the XLA path: same shapes) and a float32 call is refused clearly."""
+  model = nets.create("gpt", **TINY_GPT, attention_kernel="cudnn")
+  tokens = _tokens((2, 16))
+  params = _init(nets.create("gpt", **TINY_GPT), tokens)
+  assert jax.tree.map(jnp.shape, _init(model, tokens)) == jax.tree.map(jnp.shape, params)
+  with pytest.raises(ValueError, match="bfloat16"):
+    model.apply({"params": params}, tokens)
