@@ -29,6 +29,10 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
   under `--dtype=bfloat16` or `--matmul_dtype=bfloat16`, which some processors run on other
   units, e.g. AMX tiles) measured here, in the same process (before and after the timed
   steps, the faster), with its fraction `fraction_of_peak`;
+- `matmul_flops_per_step`: the step's matrix-product FLOPs counted from its traced program
+  (`experiments/matmul_flops.py`; the same on every platform, where XLA's count leaves out
+  the products a GPU runs in cuBLAS and cuDNN), `matmul_gflops_per_s` and
+  `matmul_fraction_of_peak` (MFU against the measured peak);
 - `peak_host_memory_mb`: the process's peak resident memory; `host_memory_kept` and
   `huge_pages`: whether freed blocks of every size stayed in the heap and whether glibc
   mapped its memory in transparent huge pages (`experiments/host_memory.py`).
@@ -89,6 +93,8 @@ def main(argv: list[str]) -> None:
         f"on batches already on the device: {100 * r['input_wait_share']:.1f}% of step time waiting for input")
   rate = f"{r['examples_per_s']:,.0f} examples/s" + (f", {r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else "")
   print(rate)
+  print(f"{r['matmul_flops_per_step'] / 1e9:.3f} GFLOP of matrix products per step (counted from the traced step): "
+        f"{r['matmul_gflops_per_s']:.1f} GFLOP/s, {100 * r['matmul_fraction_of_peak']:.1f}% of the peak below (MFU)")
   if r["flops_per_step"]:
     print(f"{r['flops_per_step'] / 1e9:.3f} GFLOP per step ({r['flops_source']}): {r['gflops_per_s']:.1f} GFLOP/s, "
           f"{100 * r['fraction_of_peak']:.1f}% of a {FLAGS.matmul_size}^2 {r['peak_matmul_kind']} matmul's "

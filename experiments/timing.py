@@ -66,6 +66,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   steps_fn = compiled.executable(k)
   compile_s = compiled.compile_s
   flops = _flops(steps_fn) if config.parallel == "jit" else compiled.flops_per_step(k)
+  products = compiled.matmul_flops_per_step(k)
   chunks = max(3, math.ceil(steps / k))  # at least 3 dispatches each way
   peak_before = peak_matmul(matmul_size, kind=matmul_kind(config))  # and after the steps: the faster (one can meet a busy core)
 
@@ -141,6 +142,8 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "huge_pages": host_memory.huge_pages(),
   }
   result["fraction_of_peak"] = result["gflops_per_s"] / peak if flops else None
+  result.update(matmul_flops_per_step=products, matmul_gflops_per_s=products / median_step / 1e9,
+                matmul_fraction_of_peak=products / median_step / 1e9 / peak)
   if source.windows is not None:
     result["tokens_per_s"] = config.batch_size * config.block_size / loop_s
   return result

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import nets
-from experiments import checkpoint, data, host_memory, logs, optim, samples, threefry_cpu
+from experiments import checkpoint, data, host_memory, logs, matmul_flops, optim, samples, threefry_cpu
 from experiments import feed as feed_lib
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
@@ -272,6 +272,12 @@ class Steps:
       analysis = analysis[0] if analysis else {}
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and flops > 0 else None
+
+  def matmul_flops_per_step(self, k: int = 1) -> float:
+    """The matrix-product FLOPs of one step of the whole batch, counted from the traced
+    program (`experiments.matmul_flops`: the same on every platform, unlike XLA's count)."""
+    state, resident, rng = self._args
+    return matmul_flops.of(self._p_steps, state, resident, self._abstract_items(k), rng) / k
 
   def executable(self, k: int) -> Callable:
     """The compiled steps for k steps per dispatch. Under pmap, the pmapped function itself

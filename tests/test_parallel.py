@@ -1,6 +1,6 @@
 """jit over a Mesh, pmap, and a single device give the same parameters (4 fake CPU devices):
 an MLP classifier on MNIST-1D and a GPT on character-level text, in float32 and with bfloat16
-matrix products. (Processes and fsdp meshes: test_multihost.py.)"""
+matrix products; and the step's matrix-product FLOPs are counted the same. (Processes and fsdp meshes: test_multihost.py.)"""
 
 import json
 import subprocess
@@ -40,6 +40,10 @@ SCRIPT = textwrap.dedent("""
                  "eval_loss_diff": abs(loss - ref_loss),
                  "moved": max(float(np.max(np.abs(a))) for a in leaves)}
           for name, (leaves, loss) in params.items()}
+    # The matrix products of one step of the whole batch, however it is split (a pmap's body
+    # is one device's share, counted once for each device).
+    results["matmul_flops"] = {f"{mode}{n}": train.prepare(Config(batch_size=32, parallel=mode, num_devices=n))
+                               .steps.matmul_flops_per_step(1) for mode, n in [("jit", 1), ("jit", 4), ("pmap", 4)]}
     try:
       train.train_and_evaluate(Config(batch_size=30, steps=1), workdir + "/bad")
       results["indivisible"] = "no error"
@@ -62,4 +66,5 @@ def test_jit_pmap_and_single_device_agree(tmp_path):
       r = results[model][mode]
       assert r["max_abs_diff"] < tolerance, (model, mode, r)
       assert r["eval_loss_diff"] < 1e-5, (model, mode, r)
+  assert len(set(results["matmul_flops"].values())) == 1 and results["matmul_flops"]["jit1"] > 0, results["matmul_flops"]
   assert "--batch_size=30 is not divisible by the 4 devices" in results["indivisible"]

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import nets
@@ -378,3 +379,29 @@ def test_cudnn_attention_kernel_wants_16_bit_inputs():
   assert jax.tree.map(jnp.shape, _init(model, tokens)) == jax.tree.map(jnp.shape, params)
   with pytest.raises(ValueError, match="bfloat16"):
     model.apply({"params": params}, tokens)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's kernel runs on NVIDIA GPUs")
+def test_cudnn_attention_kernel_equals_the_xla_path():
+  """In bfloat16, the fused kernel's loss, logits and gradients are those of the XLA path, both
+  within bfloat16 rounding of a float32 reference. This computation, run on an H200: loss
+  4.26012 both (float32: 4.26005), logits within 0.0144 / 0.0148, gradients within 0.85% of
+  their norm both."""
+  tokens = jax.random.randint(jax.random.key(1), (8, 256), 0, 65)
+  make = lambda kernel: nets.create("gpt", vocab_size=65, max_len=256, num_layers=2, num_heads=6, embed_dim=384,
+                                    attention_kernel=kernel)
+  variables = make("xla").init(jax.random.key(0), tokens)
+
+  def run(kernel, dtype):
+    def loss(variables):
+      logits = make(kernel).apply(jax.tree.map(lambda x: x.astype(dtype), variables), tokens).astype(jnp.float32)
+      return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean(), logits
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables)
+    return value, logits, jnp.concatenate([g.ravel().astype(jnp.float32) for g in jax.tree.leaves(grads)])
+
+  ref = run("xla", jnp.float32)
+  for kernel in ("xla", "cudnn"):
+    value, logits, grads = run(kernel, jnp.bfloat16)
+    assert abs(value - ref[0]) < 1e-3 * ref[0], kernel
+    assert jnp.abs(logits - ref[1]).max() < 0.05, kernel
+    assert jnp.linalg.norm(grads - ref[2]) < 0.02 * jnp.linalg.norm(ref[2]), kernel

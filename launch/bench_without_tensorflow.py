@@ -1,0 +1,79 @@
+"""`experiments.bench` for a char_text flag file on a machine without TensorFlow and TFDS.
+
+Accelerator images often carry JAX, Flax and Optax but not TensorFlow, and may not reach a
+package index (the GPU machine of this project's H200 figures: README, Benchmarks). This
+stubs the `tensorflow` and `tensorflow_datasets` modules so that `experiments` imports, and
+replaces `data.load` by a NumPy reading of the text file, split as the `char_text` builder
+splits it (first 90% train, last 10% validation, the same vocabulary). The model, step,
+feed, parallelism and timing are the real `experiments.bench`'s:
+
+    PYTHONPATH=. python launch/bench_without_tensorflow.py TEXT_PATH \\
+        --flagfile=experiments/flags/shakespeare_char_gpt.flags --dtype=bfloat16 --matmul_size=8192
+
+Only char_text runs work this way; where TensorFlow is installed, use `experiments.bench`.
+"""
+import importlib.machinery
+import sys
+import types
+
+
+class _Meta(type):  # any attribute of a stub (a class, so that builders can subclass it) is a stub
+  def __getattr__(cls, name):
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return _Any
+
+
+class _Any(metaclass=_Meta):
+  def __init__(self, *a, **k):
+    pass
+
+  def __getattr__(self, name):
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return _Any
+
+  def __call__(self, *a, **k):
+    return _Any()
+
+
+class _Module(types.ModuleType):
+  def __getattr__(self, name):
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return _Any
+
+
+for name in ("tensorflow", "tensorflow_datasets"):
+  if name in sys.modules:
+    raise SystemExit(f"{name} is already imported")
+  m = _Module(name)
+  m.__file__ = f"/nonexistent/{name}/__init__.py"
+  m.__spec__ = importlib.machinery.ModuleSpec(name, None)  # (JAX's compilation cache looks at modules' specs)
+  sys.modules[name] = m
+
+TEXT_PATH = sys.argv.pop(1)
+
+from experiments import data  # noqa: E402
+from experiments.datasets import char_text  # noqa: E402
+
+
+def load(config):
+  text = char_text.read_text(TEXT_PATH)
+  cut = int(len(text) * char_text.TRAIN_FRACTION)
+  texts = {"train": text[:cut], "validation": text[cut:]}
+  vocab = char_text.vocabulary(texts.values())
+  t = data.Text.__new__(data.Text)
+  t.tokenizer = data.Tokenizer(len(vocab), lambda s: char_text.encode(s, vocab), lambda ids: char_text.decode(ids, vocab))
+  t.tokens = {k: char_text.encode(v, vocab) for k, v in texts.items()}
+  example = {k: v[:1] for k, v in next(data.text_batches(config, t)).items()}
+  return data.Source(None, t, example, t.tokenizer, None, None)
+
+
+data.load = load
+
+from absl import app  # noqa: E402
+from experiments import bench  # noqa: E402
+
+if __name__ == "__main__":
+  app.run(bench.main)
