@@ -333,18 +333,24 @@ class Text:
 
   The vocabulary is the sorted set of characters over all splits (nanoGPT's: 65 for
   Tiny Shakespeare); every process holds the whole text and draws its own windows.
-  `splits` are read when the builder does not list its splits (e.g. under mock data).
+  `read` reads a builder's splits.
   """
 
-  def __init__(self, b: tfds.core.DatasetBuilder, splits: Sequence[str] = ()):
-    texts = {}
-    for split in list(b.info.splits) or splits:  # every split when they are known
-      ds = b.as_dataset(split=split, shuffle_files=False)
-      texts[split] = "".join(ex["text"].decode("utf-8") for ex in tfds.as_numpy(ds))
+  def __init__(self, texts: dict[str, str]):
     vocab = char_text.vocabulary(texts.values())
     self.tokenizer = Tokenizer(len(vocab), lambda text: char_text.encode(text, vocab),
                                lambda ids: char_text.decode(ids, vocab))
     self.tokens = {split: char_text.encode(text, vocab) for split, text in texts.items()}
+
+  @classmethod
+  def read(cls, b: tfds.core.DatasetBuilder, splits: Sequence[str] = ()) -> "Text":
+    """The text of each of the builder's splits; `splits` are read when the builder does not
+    list its splits (e.g. under mock data)."""
+    texts = {}
+    for split in list(b.info.splits) or splits:  # every split when they are known
+      ds = b.as_dataset(split=split, shuffle_files=False)
+      texts[split] = "".join(ex["text"].decode("utf-8") for ex in tfds.as_numpy(ds))
+    return cls(texts)
 
   def split(self, name: str, block_size: int) -> np.ndarray:
     tokens = self.tokens[name]
@@ -510,13 +516,19 @@ class Source(NamedTuple):
 def load(config: Config) -> Source:
   b = builder(config)
   splits = (config.train_split, config.eval_split)
-  text = Text(b, splits) if is_text(b) else None
+  text = Text.read(b, splits) if is_text(b) else None
   audio = Audio(b, splits) if text is None and is_audio(b) else None
-  sequences = text if text is not None else audio
-  if sequences is not None:
-    example = {k: v[:1] for k, v in next(text_batches(config, sequences)).items()}
-    return Source(b, text, example, sequences.tokenizer, None, audio)
+  if text is not None or audio is not None:
+    return sequence_source(config, b, text, audio)
   return Source(b, None, example_batch(b, config), tokenizer(b), num_classes(b))
+
+
+def sequence_source(config: Config, b: tfds.core.DatasetBuilder | None, text: Text | None,
+                    audio: Audio | None = None) -> Source:
+  """The Source of sequences held in memory (text or audio)."""
+  sequences = text if text is not None else audio
+  example = {k: v[:1] for k, v in next(text_batches(config, sequences)).items()}
+  return Source(b, text, example, sequences.tokenizer, None, audio)
 
 
 def batches(config: Config, source: Source, start_step: int = 0) -> Iterator[Batch]:

@@ -59,15 +59,8 @@ from experiments.datasets import char_text  # noqa: E402
 
 
 def load(config):
-  text = char_text.read_text(TEXT_PATH)
-  cut = int(len(text) * char_text.TRAIN_FRACTION)
-  texts = {"train": text[:cut], "validation": text[cut:]}
-  vocab = char_text.vocabulary(texts.values())
-  t = data.Text.__new__(data.Text)
-  t.tokenizer = data.Tokenizer(len(vocab), lambda s: char_text.encode(s, vocab), lambda ids: char_text.decode(ids, vocab))
-  t.tokens = {k: char_text.encode(v, vocab) for k, v in texts.items()}
-  example = {k: v[:1] for k, v in next(data.text_batches(config, t)).items()}
-  return data.Source(None, t, example, t.tokenizer, None, None)
+  text = data.Text(char_text.splits(char_text.read_text(TEXT_PATH)))
+  return data.sequence_source(config, None, text)
 
 
 data.load = load

@@ -91,10 +91,12 @@ class MultiHeadAttention(nn.Module):
       k, v = _unstack(_on_rows(_dense((2, self.num_heads, head_dim), self.use_bias, "kv"), context))
     rate = self.dropout if train else 0.0
 
+    if self.kernel == "cudnn":
+      _check_cudnn(self.causal, self.pattern, rate, mask, context)
     if self.decode and context is None:
       out = self._cached(q, k, v)
     elif self.kernel == "cudnn" and not self.is_initializing():  # (init may run in float32: same shapes)
-      out = _cudnn_causal(q, k, v, rate, mask, context, self.pattern)
+      out = _cudnn_causal(q, k, v)
     elif self.causal and context is None and self.pattern != "dense" and not rate:
       pad = (-x.shape[1]) % self.sparse_block  # blocked attention runs on whole blocks
       q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
@@ -132,14 +134,16 @@ class MultiHeadAttention(nn.Module):
     return sparse_attention.dense_attention(q, key.value, value.value, mask)
 
 
-def _cudnn_causal(q: Array, k: Array, v: Array, rate: float, mask: Array | None, context: Array | None,
-                  pattern: str) -> Array:
-  """Dense causal self-attention in cuDNN's fused kernel (flash attention: the [T, T] scores
-  never reach memory); it has no attention dropout and wants 16-bit inputs."""
-  if context is not None or mask is not None or pattern != "dense" or rate:
+def _check_cudnn(causal: bool, pattern: str, rate: float, mask: Array | None, context: Array | None) -> None:
+  if not causal or context is not None or mask is not None or pattern != "dense" or rate:
     raise ValueError("the cudnn attention kernel computes dense causal self-attention without a padding mask "
-                     f"or attention dropout; got pattern={pattern!r}, dropout={rate}, "
+                     f"or attention dropout; got causal={causal}, pattern={pattern!r}, dropout={rate}, "
                      f"mask={mask is not None}, context={context is not None}")
+
+
+def _cudnn_causal(q: Array, k: Array, v: Array) -> Array:
+  """Dense causal self-attention in cuDNN's fused kernel (flash attention: the [T, T] scores
+  never reach memory); it wants 16-bit inputs."""
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     raise ValueError(f"the cudnn attention kernel needs bfloat16 or float16 inputs (--dtype=bfloat16); got {q.dtype}")
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import nets
-from nets import decoding, objectives
+from nets import decoding, objectives, transformer
 
 VOCAB = 11
 TINY_GPT = dict(vocab_size=VOCAB, max_len=16, num_layers=2, num_heads=2, embed_dim=16)
@@ -379,6 +379,10 @@ def test_cudnn_attention_kernel_wants_16_bit_inputs():
   assert jax.tree.map(jnp.shape, _init(model, tokens)) == jax.tree.map(jnp.shape, params)
   with pytest.raises(ValueError, match="bfloat16"):
     model.apply({"params": params}, tokens)
+  # The kernel is causal self-attention only: a bidirectional layer asking for it is refused.
+  layer = transformer.MultiHeadAttention(2, causal=False, kernel="cudnn")
+  with pytest.raises(ValueError, match="causal=False"):
+    layer.init(jax.random.key(0), jnp.ones((2, 16, 16)))
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's kernel runs on NVIDIA GPUs")

@@ -38,6 +38,12 @@ def read_text(path: str) -> str:
     return f.read()
 
 
+def splits(text: str) -> dict[str, str]:
+  """nanoGPT's split: the first int(n * 0.9) characters `train`, the rest `validation`."""
+  cut = int(len(text) * TRAIN_FRACTION)
+  return {"train": text[:cut], "validation": text[cut:]}
+
+
 class CharTextConfig(tfds.core.BuilderConfig):
   """One text file: `path`; named by the file's stem (as [A-Za-z0-9_]) and the first 10 hex of its sha256."""
 
@@ -71,9 +77,7 @@ class CharText(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    text = read_text(self.builder_config.path)
-    cut = int(len(text) * TRAIN_FRACTION)
-    return {"train": self._generate_examples(text[:cut]), "validation": self._generate_examples(text[cut:])}
+    return {name: self._generate_examples(part) for name, part in splits(read_text(self.builder_config.path)).items()}
 
   def _generate_examples(self, text):
     yield 0, {"text": text}
