@@ -9,6 +9,10 @@ from conftest import ROOT
 _DRAWS = """
 import jax, jax.numpy as jnp, numpy as np
 import flax.linen as nn
+from jax._src.random import threefry2x32
+
+def hashed(k1, k2, x1, x2):  # the hash itself, its operands broadcast against each other
+  return threefry2x32.threefry2x32_p.bind(k1, k2, x1, x2)
 
 def draws(key):
   k1, k2, k3 = jax.random.split(key, 3)
@@ -29,6 +33,16 @@ eager = draws(key)
 for b, a, e in zip(before, after, eager):
   np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
   np.testing.assert_array_equal(np.asarray(b), np.asarray(e))
+
+# Operands of different shapes (JAX's CPU loop cannot take them; its generic unrolled rule can):
+operands = (jnp.full((1, 1), 5, jnp.uint32), jnp.full((3, 1), 11, jnp.uint32),
+            jnp.arange(4, dtype=jnp.uint32)[None], jnp.arange(12, dtype=jnp.uint32).reshape(3, 4) * 7)
+ours = jax.jit(hashed)(*operands)
+from jax._src.interpreters import mlir
+mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_lowering_rule, platform="cpu")
+jax.clear_caches()
+for o, j in zip(ours, jax.jit(hashed)(*operands)):
+  np.testing.assert_array_equal(np.asarray(o), np.asarray(j))
 print("loops", loops_before, loops_after)
 """
 
