@@ -153,6 +153,19 @@ class DeviceBatches:
         kept = kept + [placed] if size <= self._limit else None
     self._kept = kept
 
+  def load(self) -> bool:
+    """Reads the batches and puts them on the devices now, before the first pass, if they
+    fit the limit (stops reading as soon as they do not); returns whether they are kept."""
+    if self._kept is None:
+      kept, size = [], 0
+      for batch in self._batches:
+        size += sum(v.nbytes for v in batch.values())
+        if size > self._limit:
+          return False
+        kept.append(self._put(batch))
+      self._kept = kept
+    return True
+
 
 def make(config: Config, source: data.Source) -> Feed:
   """The run's feed: on the devices when the training data fits `--device_data_mb` (and, for

@@ -64,9 +64,11 @@ def test_killed_and_terminated_runs_resume_to_the_same_parameters(tmp_path, caps
   stopped_at = checkpoint.Checkpoints(str(terminated / "checkpoints")).latest_step()
   assert 10 <= stopped_at < 300 and not (terminated / "summary.json").exists()
 
-  # SIGKILL: nothing to catch; the run resumes from its last periodic checkpoint.
+  # SIGKILL: nothing to catch; the run resumes from its last periodic checkpoint. Saves are
+  # written in the background, each once the one before is complete: once step 60's has
+  # started (before step 70's line), step 40's is on disk.
   killed = tmp_path / "sigkill"
-  code, out, _ = _interrupt(killed, signal.SIGKILL, 50)
+  code, out, _ = _interrupt(killed, signal.SIGKILL, 70)
   assert code == -signal.SIGKILL
   assert 40 <= checkpoint.Checkpoints(str(killed / "checkpoints")).latest_step() < 300
 
