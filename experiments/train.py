@@ -46,6 +46,11 @@ class TrainState:
   opt_state: Any
 
 
+# Metrics of the logged step itself (train_step computes them after that step only); the others
+# are logged as their means over the steps since the last log.
+NORMS = ("train/grad_norm", "train/update_norm", "train/param_norm")
+
+
 class NonFiniteLoss(RuntimeError):
   """The loss became NaN or infinite."""
 
@@ -53,9 +58,15 @@ class NonFiniteLoss(RuntimeError):
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
                schedule: Callable[[Any], Any], axis_name: str | None = None, dtype: Any = None,
-               matmul_dtype: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               matmul_dtype: Any = None, norms_every: int = 1,
+               last_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on one device's view of the batch (see experiments.parallel);
-  the model computes in `dtype` (None: float32), its products in `matmul_dtype` (see nets.apply)."""
+  the model computes in `dtype` (None: float32), its products in `matmul_dtype` (see nets.apply).
+
+  The gradient, update and parameter norms (`NORMS`) are computed after every `norms_every`-th
+  step and after `last_step`, the steps whose metrics are logged, and are 0 after the others:
+  on tiny models these reductions over every parameter are a fifth of a step (an MNIST-1D
+  MLP's: 0.144 -> 0.116 ms)."""
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # each device draws its own dropout masks
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -72,9 +83,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics["train/grad_norm"] = optax.global_norm(grads)
-  metrics["train/update_norm"] = optax.global_norm(updates)
-  metrics["train/param_norm"] = optax.global_norm(params)
+  norms = lambda: tuple(optax.global_norm(t) for t in (grads, updates, params))
+  if norms_every > 1:
+    logged = ((state.step + 1) % norms_every == 0) | (state.step + 1 == last_step)
+    norms = functools.partial(jax.lax.cond, logged, norms, lambda: (jnp.zeros((), jnp.float32),) * len(NORMS))
+  metrics.update(zip(NORMS, norms()))
   metrics["train/learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
   return new_state, metrics
@@ -429,7 +442,8 @@ def prepare(config: Config) -> Prepared:
   precision = {"dtype": bf16(config.dtype), "matmul_dtype": bf16(config.matmul_dtype)}
   resident = par.put_resident(feed.resident)
   p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
-                                                schedule=schedule, **precision), feed.take, state_sharding)
+                                                schedule=schedule, norms_every=config.log_every,
+                                                last_step=config.steps, **precision), feed.take, state_sharding)
   steps = Steps(config, p_steps, par, feed, state, resident, step_key)
   return Prepared(par, source, feed, data_read_at, model, objective, tx, schedule, precision, state, state_sharding,
                   resident, steps, step_key, eval_key)
@@ -481,7 +495,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   last_good = start_step
 
   def flush(step: int) -> dict[str, float]:
-    """Fetches pending metrics; raises NonFiniteLoss (keeping checkpoints) on NaN/inf."""
+    """Fetches pending metrics: their means over the steps since the last fetch (`NORMS`: at
+    the last step); raises NonFiniteLoss (keeping checkpoints) on NaN/inf."""
     fetched = {k: np.concatenate([np.asarray(m[k]).reshape(-1) for m in jax.device_get(pending)])
                for k in pending[0]}
     pending.clear()
@@ -490,7 +505,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
       raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. "
                           f"The last good checkpoint (step {last_good}) is kept in {ckpts.directory}")
-    return {k: float(np.mean(v)) for k, v in fetched.items()}
+    return {k: float(v[-1] if k in NORMS else np.mean(v)) for k, v in fetched.items()}
 
   chunks = feed_lib.plan(start_step, config.steps, steps.k, (config.log_every, config.eval_every,
                                                              config.checkpoint_every))

@@ -57,6 +57,25 @@ def test_gradient_clipping_bounds_the_update():
   assert free["train/update_norm"] > 10 * 1e-3
 
 
+def test_norms_are_computed_after_the_logged_steps_only():
+  batch = _classification_batch()
+  model = nets.create("mlp", features=(16,), num_outputs=3)
+  schedule = optim.schedule("constant", 1e-2, 7)
+  tx = optim.optimizer("adam", schedule)
+  state = train.init_state(model, tx, batch, jax.random.key(0), None)
+  step = functools.partial(train.train_step, model=model, objective=nets.objectives.Classification(), tx=tx,
+                           schedule=schedule)
+  every, sparse = jax.jit(step), jax.jit(functools.partial(step, norms_every=3, last_step=7))
+  for i in range(7):  # steps 3 and 6 are logged, and 7, the last
+    new_state, want = every(state, batch, jax.random.key(1))
+    _, got = sparse(state, batch, jax.random.key(1))
+    for name in train.NORMS:
+      assert float(want[name]) > 0
+      assert float(got[name]) == (pytest.approx(float(want[name]), rel=1e-6) if i + 1 in (3, 6, 7) else 0.0), (i, name)
+    np.testing.assert_array_equal(got["train/loss"], want["train/loss"])
+    state = new_state
+
+
 def test_schedules():
   s = optim.schedule("warmup_cosine", 1.0, steps=100, warmup_steps=10, min_learning_rate=0.1)
   assert float(s(0)) == 0.0 and float(s(10)) == pytest.approx(1.0) and float(s(100)) == pytest.approx(0.1)
