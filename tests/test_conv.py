@@ -1,4 +1,4 @@
-"""nets.conv: its channels-last gradients against those of the same convolution written with
+"""nets.conv: its gradients (1D: matrix products over windows; 2D: channels-last convolutions) against those of the same convolution written with
 explicit zero padding (JAX's own gradient of a convolution padded wider than its kernel is
 not a reference: on XLA's CPU it read outside its input)."""
 
@@ -14,7 +14,7 @@ from nets import conv
 
 _CASES = [(nd, k, s, pad, n, c) for nd, k, s, pad, n, c in itertools.product(
     (1, 2), (2, 3, 5), (1, 2), ("SAME", "VALID", (2, 0), (0, 3)), (7, 8), (4, 1))
-    if (nd == 1 or n == 7) and (c == 4 or nd == 1 and n == 8)]  # c=1: the 1D matmul path
+    if (nd == 1 or n == 7) and (c == 4 or nd == 1 and n == 8)]  # 1D: matrix products over windows
 
 
 def _loss(x, w, f, strides, padding, dims):
@@ -23,7 +23,7 @@ def _loss(x, w, f, strides, padding, dims):
 
 @pytest.mark.parametrize("nd,k,s,pad,n,c", _CASES)
 def test_gradients_match_the_explicitly_padded_convolution(nd, k, s, pad, n, c):
-  """c=1: one input channel (in 1D a matmul over the input's windows)."""
+  """1D: the matrix products over the input's windows; 2D: the channels-last convolutions."""
   rng = np.random.default_rng(k * 100 + s * 10 + n)
   x = jnp.asarray(rng.normal(size=(3,) + (n,) * nd + (c,)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k,) * nd + (c, 5)), jnp.float32)
