@@ -1,6 +1,7 @@
-"""nets.conv: its gradients (1D: matrix products over windows; 2D: channels-last convolutions) against those of the same convolution written with
-explicit zero padding (JAX's own gradient of a convolution padded wider than its kernel is
-not a reference: on XLA's CPU it read outside its input)."""
+"""nets.conv: its gradients (1D: matrix products over windows; 2D: channels-last
+convolutions) against those of the same convolution written with explicit zero padding
+(JAX's own gradient of a convolution padded wider than its kernel is not a reference: on
+XLA's CPU it read outside its input)."""
 
 import itertools
 
