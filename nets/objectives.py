@@ -47,13 +47,11 @@ class Classification:
     num_classes = logits.shape[-1]
     # The loss is computed in float32 whatever the model's compute dtype.
     logits = logits.astype(jnp.float32)
+    # Cross-entropy against the true labels, whatever the smoothing: comparable across runs.
+    nll = loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if self.label_smoothing:
       targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), self.label_smoothing)
       loss = optax.softmax_cross_entropy(logits, targets)
-    else:
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    # Cross-entropy against the true labels, whatever the smoothing: comparable across runs.
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     accuracy = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss": loss, "cross_entropy": nll, "accuracy": accuracy}
 
