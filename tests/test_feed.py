@@ -1,5 +1,6 @@
 """Feeds: batches cut on the device are the batches tf.data and the window streams give; the
-dispatch plan; prefetching; steps per dispatch change no number; the step compiles once."""
+dispatch plan and its size; prefetching; evaluation batches read ahead; steps per dispatch
+change no number; the step compiles once."""
 
 import logging
 import os
@@ -143,6 +144,31 @@ def test_device_batches_are_kept_when_small():
   assert len(list(kept)) == 3 and len(list(kept)) == 3 and len(puts) == 3  # put once
   streamed = feed.DeviceBatches(batches, put, limit=300)
   assert len(list(streamed)) == 3 and len(list(streamed)) == 3 and len(puts) == 9  # put every pass
+
+
+def test_device_batches_load_reads_ahead_only_what_fits():
+  puts = []
+
+  def put(batch):
+    puts.append(1)
+    return batch
+
+  batches = [{"x": np.zeros((10, 4), np.float32)} for _ in range(3)]  # 160 bytes each
+  kept = feed.DeviceBatches(batches, put, limit=1000)
+  assert kept.load() and len(puts) == 3 and len(list(kept)) == 3 and len(puts) == 3  # no second put
+  too_big = feed.DeviceBatches(batches, put, limit=300)
+  assert not too_big.load() and len(puts) == 4  # stopped at the batch that did not fit
+  assert len(list(too_big)) == 3 and len(puts) == 7  # and streams them
+
+
+def test_dispatch_size_counts_the_products_where_xla_does_not(monkeypatch, tfds_dir):
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  config = Config(data_dir=tfds_dir, model="mlp", model_hparams={"features": (32,)}, batch_size=50, steps=100,
+                  log_every=25, eval_every=25, checkpoint_every=0)
+  assert train.prepare(config).steps.k == 25  # the CPU: XLA's count, a few MFLOP a step
+  monkeypatch.setattr(train, "_xla_counts_products", lambda par: False)  # as on a GPU
+  monkeypatch.setattr(train.Steps, "matmul_flops_per_step", lambda self, k=1: 1e9)
+  assert train.prepare(config).steps.k == 5  # 1e10 FLOPs a dispatch: 10 steps, the largest divisor of 25 below
 
 
 # 100 x 50 examples: more than the 4,000 of the split, so the run holds them on the device.
