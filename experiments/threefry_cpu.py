@@ -83,6 +83,14 @@ def unroll() -> bool:
   except Exception as e:  # pylint: disable=broad-except  (JAX internals moved: keep JAX's lowering)
     logging.warning("JAX's Threefry lowering was not found (%s); CPU random draws use JAX's rolled loop", e)
     return False
+  try:  # the MLIR builders the rule calls are looked up when a program is lowered: try one now
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.jit(lambda: jax.random.bits(jax.random.key(0), (3,)), backend="cpu").lower()
+  except Exception as e:  # pylint: disable=broad-except
+    mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_cpu_lowering_rule,  # pylint: disable=protected-access
+                           platform="cpu")
+    logging.warning("The unrolled Threefry lowering failed (%s); CPU random draws use JAX's rolled loop", e)
+    return False
   _done = True
   return True
 

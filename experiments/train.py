@@ -429,7 +429,6 @@ def prepare(config: Config) -> Prepared:
   initial state (invalid model hyperparameters raise ConfigError) and lowers the steps.
   Random draws lowered from here on take the fused Threefry loop on the CPU (`threefry_cpu`),
   and the process keeps the host memory it frees, for the next dispatch (`host_memory`)."""
-  threefry_cpu.unroll()
   host_memory.keep_freed()
   par = DataParallel(config.parallel, config.num_devices, config.mesh)
   par.check_batch_size(config.batch_size)
@@ -437,6 +436,7 @@ def prepare(config: Config) -> Prepared:
   source = data.load(config)
   feed = feed_lib.make(config, source)  # the training split read into memory if it is held on the devices
   data_read_at = time.perf_counter()
+  threefry_cpu.unroll()  # before any program is lowered (its check lowers one: timed as training)
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   try:  # invalid model hyperparameters surface when the model is first built
     model, objective, tx, schedule = build(config, source)
@@ -451,8 +451,11 @@ def prepare(config: Config) -> Prepared:
   bf16 = lambda name: jnp.bfloat16 if name == "bfloat16" else None
   precision = {"dtype": bf16(config.dtype), "matmul_dtype": bf16(config.matmul_dtype)}
   resident = par.put_resident(feed.resident)
+  # On the CPU the norms are computed after the logged steps only (see train_step); elsewhere
+  # after every step: XLA's GPU runtime reads a cond's predicate back to the host each time.
+  norms_every = config.log_every if par.local_devices[0].platform == "cpu" else 1
   p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
-                                                schedule=schedule, norms_every=config.log_every,
+                                                schedule=schedule, norms_every=norms_every,
                                                 last_step=config.steps, **precision), feed.take, state_sharding)
   steps = Steps(config, p_steps, par, feed, state, resident, step_key)
   return Prepared(par, source, feed, data_read_at, model, objective, tx, schedule, precision, state, state_sharding,
@@ -488,11 +491,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
   reading = time.perf_counter()
   host_eval_batches = data.eval_batches(config, source)
   eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.device_data_mb * 2**20)
-  eval_batches.load()  # read with the training data, outside the training time, when it fits
-  read_s = run.data_read_at - start_time + time.perf_counter() - reading  # reading the data
   final_batches = eval_batches
   if source.windows is not None and config.final_eval_batches not in (0, config.eval_batches):
     final_batches = feed_lib.DeviceBatches(data.eval_batches(config, source, final=True), par.put_batch, 0)
+  if config.eval_every or final_batches is eval_batches:
+    eval_batches.load()  # read with the training data, outside the training time, when it fits
+  read_s = run.data_read_at - start_time + time.perf_counter() - reading  # reading the data
   write_samples = samples.writer(config, model, objective, source, host_eval_batches, workdir)
   log.info(f"{feed.describe()}; {steps.k} step(s) per dispatch")
 
@@ -560,6 +564,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
     finally:
       prefetch.close()
 
+  ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
   final = run_eval(step, final_batches)
   log.write(step, final)
   ckpts.close()

@@ -5,19 +5,21 @@ thing; pass it to a Flax convolution (`nn.Conv(..., conv_general_dilated=conv_ge
 For channels-last convolutions without input dilation or feature groups (what `nn.Conv`
 builds):
 
-- in 1D, the convolution and both its derivatives are matrix products over the input's
-  windows (`_conv1d`): the forward pass multiplies the K windows, side by side, with the
-  [K x Cin, Cout] kernel; the kernel gradient multiplies the same windows, built from the
-  transposed input so that the product is row-major, with the output gradient; the input
-  gradient multiplies the output gradient with the kernel and adds each window's part back
-  where it came from. XLA's CPU convolutions ran the MNIST-1D CNN's small 1D layers at
-  30-50 GFLOP/s; as products its step is 6% faster, and a 64-channel one's 13-17%.
-- in 2D and more, its derivatives are written out as two more channels-last convolutions:
-  the input gradient convolves the output gradient with the flipped kernel, the kernel
-  gradient convolves the input (batch as channels) with the output gradient. JAX's own
-  derivatives swap the roles of the batch and channel dimensions instead, which XLA's CPU
-  backend turns back into fast convolutions only at the top level of a program: inside a
-  loop (the training loop's `lax.scan` over steps) they ran 3-8 times slower.
+- in 1D, when JAX's default backend is the CPU, the convolution and both its derivatives
+  are matrix products over the input's windows (`_conv1d`): the forward pass multiplies the
+  K windows, side by side, with the [K x Cin, Cout] kernel; the kernel gradient multiplies
+  the same windows, built from the transposed input so that the product is row-major, with
+  the output gradient; the input gradient multiplies the output gradient with the kernel
+  and adds each window's part back where it came from. XLA's CPU convolutions ran the
+  MNIST-1D CNN's small 1D layers at 30-50 GFLOP/s; as products its step is 6% faster, and
+  a 64-channel one's 13-17%.
+- otherwise (2D and more, or off the CPU), its derivatives are written out as two more
+  channels-last convolutions: the input gradient convolves the output gradient with the
+  flipped kernel, the kernel gradient convolves the input (batch as channels) with the
+  output gradient. JAX's own derivatives swap the roles of the batch and channel
+  dimensions instead, which XLA's CPU backend turns back into fast convolutions only at the
+  top level of a program: inside a loop (the training loop's `lax.scan` over steps) they
+  ran 3-8 times slower.
 
 Anything else falls back to `lax.conv_general_dilated`.
 """
@@ -145,8 +147,10 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
     reach = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:nd], dilation)]
     padding = lax.padtype_to_pads(lhs.shape[1:-1], reach, window_strides, padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if nd == 1 and min(padding[0]) >= 0:
-    return _conv1d(lhs, rhs, int(window_strides[0]), padding[0], dilation[0])
+  if nd == 1 and jax.default_backend() == "cpu" and min(padding[0]) >= 0:
+    reach = (rhs.shape[0] - 1) * dilation[0] + 1
+    if lhs.shape[1] + sum(padding[0]) >= reach:  # at least one output position
+      return _conv1d(lhs, rhs, int(window_strides[0]), padding[0], dilation[0])
   return _channels_last_conv(lhs, rhs, tuple(window_strides), padding, dilation)
 
 

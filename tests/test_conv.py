@@ -57,3 +57,10 @@ def test_dilated_kernels_match_lax(nd, c):
   got = jax.grad(lambda w: (f(conv.conv_general_dilated, x, w) ** 2).sum())(w)
   want = jax.grad(lambda w: (f(lax.conv_general_dilated, x, w) ** 2).sum())(w)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_an_input_shorter_than_the_kernel_gives_an_empty_output():
+  x, w = jnp.ones((2, 2, 3)), jnp.ones((5, 3, 4))
+  got = conv.conv_general_dilated(x, w, (1,), "VALID", dimension_numbers=("NHC", "HIO", "NHC"))
+  assert got.shape == lax.conv_general_dilated(x, w, (1,), "VALID", dimension_numbers=("NHC", "HIO", "NHC")).shape
+  assert got.shape == (2, 0, 4)
