@@ -132,14 +132,19 @@ def test_prefetch_yields_the_planned_items_in_order_and_reraises():
   assert not early._thread.is_alive()  # pylint: disable=protected-access
 
 
-def test_device_batches_are_kept_when_small():
+def _counted_batches():
+  """3 batches of 160 bytes, and a `put` that records each call in the returned list."""
   puts = []
 
   def put(batch):
     puts.append(1)
     return batch
 
-  batches = [{"x": np.zeros((10, 4), np.float32)} for _ in range(3)]  # 160 bytes each
+  return [{"x": np.zeros((10, 4), np.float32)} for _ in range(3)], put, puts
+
+
+def test_device_batches_are_kept_when_small():
+  batches, put, puts = _counted_batches()
   kept = feed.DeviceBatches(batches, put, limit=1000)
   assert len(list(kept)) == 3 and len(list(kept)) == 3 and len(puts) == 3  # put once
   streamed = feed.DeviceBatches(batches, put, limit=300)
@@ -147,13 +152,7 @@ def test_device_batches_are_kept_when_small():
 
 
 def test_device_batches_load_reads_ahead_only_what_fits():
-  puts = []
-
-  def put(batch):
-    puts.append(1)
-    return batch
-
-  batches = [{"x": np.zeros((10, 4), np.float32)} for _ in range(3)]  # 160 bytes each
+  batches, put, puts = _counted_batches()
   kept = feed.DeviceBatches(batches, put, limit=1000)
   assert kept.load() and len(puts) == 3 and len(list(kept)) == 3 and len(puts) == 3  # no second put
   too_big = feed.DeviceBatches(batches, put, limit=300)
