@@ -150,7 +150,10 @@ class DeviceBatches:
       yield placed
       if kept is not None:
         size += sum(v.nbytes for v in batch.values())
-        kept = kept + [placed] if size <= self._limit else None
+        if size <= self._limit:
+          kept.append(placed)
+        else:
+          kept = None
     self._kept = kept
 
   def load(self) -> bool:

@@ -142,8 +142,9 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "huge_pages": host_memory.huge_pages(),
   }
   result["fraction_of_peak"] = result["gflops_per_s"] / peak if flops else None
-  result.update(matmul_flops_per_step=products, matmul_gflops_per_s=products / median_step / 1e9,
-                matmul_fraction_of_peak=products / median_step / 1e9 / peak)
+  products_rate = products / median_step / 1e9
+  result.update(matmul_flops_per_step=products, matmul_gflops_per_s=products_rate,
+                matmul_fraction_of_peak=products_rate / peak)
   if source.windows is not None:
     result["tokens_per_s"] = config.batch_size * config.block_size / loop_s
   return result

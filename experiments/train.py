@@ -310,11 +310,15 @@ class Steps:
     return self._compiled[k]
 
 
+def _on_cpu(par: DataParallel) -> bool:
+  return par.local_devices[0].platform == "cpu"
+
+
 def _xla_counts_products(par: DataParallel) -> bool:
   """Whether XLA's cost analysis counts the matrix products: on the CPU; not on a GPU, where
   it leaves out those it hands to cuBLAS and cuDNN (nanoGPT's GPU config on an H200: 40 or
   322 GFLOP a step by XLA's count, 1,162 in its products)."""
-  return par.local_devices[0].platform == "cpu"
+  return _on_cpu(par)
 
 
 def _host_buffer_bytes(compiled: Any) -> int:
@@ -453,7 +457,7 @@ def prepare(config: Config) -> Prepared:
   resident = par.put_resident(feed.resident)
   # On the CPU the norms are computed after the logged steps only (see train_step); elsewhere
   # after every step: XLA's GPU runtime reads a cond's predicate back to the host each time.
-  norms_every = config.log_every if par.local_devices[0].platform == "cpu" else 1
+  norms_every = config.log_every if _on_cpu(par) else 1
   p_steps = par.compile_steps(functools.partial(train_step, model=model, objective=objective, tx=tx,
                                                 schedule=schedule, norms_every=norms_every,
                                                 last_step=config.steps, **precision), feed.take, state_sharding)
