@@ -1,16 +1,27 @@
-"""Every hyperparameter of a run, as one validated dataclass, and the absl flags that set it.
+"""Every hyperparameter of a run: one frozen, validated `Config` in sections, and its flags.
 
-The `Config` fields are the single source of truth: `define_flags()` turns each field into
-an absl flag of the same name, and every model's hyperparameters (its dataclass fields in
-`nets`) into flags named `--MODEL.FIELD` (e.g. `--cnn.features=32,32`). `from_flags()`
-builds and validates a `Config`; programs that do not use absl build `Config(...)` directly.
+- The fields every run uses are plain flags, grouped as data, model, objective, optimizer,
+  loop and precision: `--dataset`, `--batch_size`, `--learning_rate`, `--steps` ...
+- A model's hyperparameters are its dataclass fields in `nets`, as `--MODEL.FIELD`
+  (`--cnn.features=32,32`); an objective's are `--OBJECTIVE.FIELD` (`--gan.loss=hinge`).
+  Those left unset take the module's default or, where the trainer knows it, the data's
+  (`num_outputs`, `vocab_size`, ...). Setting another model's or objective's is an error.
+- Sections that only some runs use are small frozen dataclasses, each validated on its own,
+  whose fields are `--SECTION.FIELD`: `--sample.*`, `--parallel.*`, `--runtime.*`. A new
+  capability adds its section to `SECTIONS`.
+
+`define_flags()` defines every flag; `from_flags()` builds and validates a `Config` (bad
+input raises `ConfigError`, one line naming the flag); programs that do not use absl build
+`Config(...)` directly. `to_flagfile()` writes the flag file that reproduces a config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from absl import flags
 
@@ -23,138 +34,171 @@ class ConfigError(ValueError):
 
 
 def _field(default: Any, help: str, *, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin
-           lower: float | None = None) -> Any:
-  return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "lower": lower})
+           lower: float | None = None, group: str = "") -> Any:
+  return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "lower": lower,
+                                                      "group": group})
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+  """The checks every field of a dataclass declares: choices, lower bounds, finite floats."""
+  for f in dataclasses.fields(obj):
+    meta, value = f.metadata, getattr(obj, f.name)
+    name = f"--{prefix}{f.name}"
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{name}={value!r} must be a finite number")
+    if meta.get("choices") and value not in meta["choices"]:
+      raise ConfigError(f"{name}={value!r} is not one of {', '.join(meta['choices'])}")
+    if meta.get("lower") is not None and value < meta["lower"]:
+      raise ConfigError(f"{name}={value!r} must be >= {meta['lower']}")
+
+
+class Section:
+  """A group of flags `--NAME.FIELD` that only some runs use: subclasses are frozen
+  dataclasses of `_field`s, checked when built."""
+
+  NAME: ClassVar[str] = ""
+
+  def __post_init__(self):
+    check_fields(self, f"{self.NAME}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample(Section):
+  """What a run writes into workdir/samples at each evaluation (experiments/samples.py)."""
+
+  NAME: ClassVar[str] = "sample"
+  tokens: int = _field(500, "Language models: tokens of text (WaveNet: audio samples) generated (0: none).", lower=0)
+  temperature: float = _field(0.8, "Softmax temperature of those tokens (0: greedy).", lower=0.0)
+  top_k: int = _field(40, "Sample from the k most likely tokens (0: all).", lower=0)
+  count: int = _field(64, "Generative models: samples drawn, written as images or plots (the 2D mixtures are "
+                      "scored on them; the papers use 2,500).", lower=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel(Section):
+  """How the run's devices share the work (experiments/parallel.py)."""
+
+  NAME: ClassVar[str] = "parallel"
+  mode: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
+  num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
+  mesh: str = _field("", "Device mesh as AXIS:SIZE pairs over the axes data and fsdp, e.g. data:2,fsdp:2 (one "
+                     "size may be -1: the rest). fsdp > 1 splits parameters and optimizer state over that many "
+                     "devices. Empty: every device on data.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime(Section):
+  """How the steps reach the devices; none of it changes the numbers of a run."""
+
+  NAME: ClassVar[str] = "runtime"
+  steps_per_dispatch: int = _field(0, "Training steps run per dispatch to the devices (one lax.scan), never across "
+                                   "a log, evaluation or checkpoint step. 0: as many as fit in about 10 GFLOP, "
+                                   "up to the next of those steps.", lower=0)
+  device_data_mb: float = _field(512.0, "Hold the training data on every device when it takes at most this many "
+                                 "MiB (batches are then cut on the device); larger data is streamed from the "
+                                 "host. 0: always stream.", lower=0.0)
+  cpu_threads: int = _field(0, "Threads of XLA's CPU backend (0: one per core). Tiny models step faster on 1, "
+                            "where handing work between threads costs more than it gives. Set before JAX "
+                            "starts (experiments/runtime/cpu_threads.py).", lower=0)
+  compilation_cache_dir: str = _field("~/.cache/nets/jax", "JAX's persistent compilation cache: a run of a program "
+                                      "compiled before loads it from here (empty: off; JAX_COMPILATION_CACHE_DIR "
+                                      "in the environment replaces the default).")
+
+
+SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime)
+
+_data = functools.partial(_field, group="Data")
+_model = functools.partial(_field, group="Model")
+_objective = functools.partial(_field, group="Objective")
+_optimizer = functools.partial(_field, group="Optimizer")
+_loop = functools.partial(_field, group="Loop")
+_precision = functools.partial(_field, group="Precision")
+
+
+def _section(cls: type[Section]) -> Any:
+  return dataclasses.field(default_factory=cls, metadata={"section": cls})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """A run: data, model, objective, optimizer and loop."""
+  """A run: data, model, objective, optimizer, loop and precision, then the sections."""
 
-  # Data.
-  dataset: str = _field("mnist1d", "TFDS dataset name: one of ours (mnist1d, char_text, numbers_to_words) "
-                        "or any TFDS catalog name.")
-  text_path: str = _field("", "Text file of --dataset=char_text (default: ../shared/data/tinyshakespeare/input.txt "
-                          "beside the repository).")
-  data_dir: str = _field("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
-  train_split: str = _field("train", "TFDS split to train on.")
-  eval_split: str = _field("test", "TFDS split to evaluate on.")
-  batch_size: int = _field(100, "Global training batch size (all devices and processes).", lower=1)
-  eval_batch_size: int = _field(1000, "Global evaluation batch size.", lower=1)
-  shuffle: bool = _field(True, "Shuffle the training data each epoch (false: take it in order).")
-  shuffle_buffer: int = _field(50_000, "Shuffle buffer size in examples.", lower=1)
-  block_size: int = _field(256, "Text datasets: tokens per training window (the model's context).", lower=1)
-  eval_batches: int = _field(20, "Text datasets: random evaluation windows per evaluation, in batches of "
-                             "--eval_batch_size.", lower=1)
-  final_eval_batches: int = _field(0, "Text datasets: batches of the evaluation after the last step (0: "
-                                   "--eval_batches), drawn as the others, so the first ones are theirs: a cheap "
-                                   "estimate during training, a precise one at the end.", lower=0)
-  # Model.
-  model: str = _field("cnn", "Model name in the nets registry.", choices=tuple(nets.names()))
+  dataset: str = _data("mnist1d", "TFDS dataset name: one of ours (mnist1d, digits, char_text, numbers_to_words, "
+                       "mixture2d/ring, mixture2d/grid, tones) or any TFDS catalog name.")
+  text_path: str = _data("", "Text file of --dataset=char_text (default: ../shared/data/tinyshakespeare/input.txt "
+                         "beside the repository).")
+  data_dir: str = _data("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
+  train_split: str = _data("train", "TFDS split to train on.")
+  eval_split: str = _data("test", "TFDS split to evaluate on.")
+  batch_size: int = _data(100, "Global training batch size (all devices and processes).", lower=1)
+  eval_batch_size: int = _data(1000, "Global evaluation batch size.", lower=1)
+  shuffle: bool = _data(True, "Shuffle the training data each epoch (false: take it in order).")
+  shuffle_buffer: int = _data(50_000, "Shuffle buffer size in examples.", lower=1)
+  block_size: int = _data(256, "Text and audio: tokens per training window (the model's context).", lower=1)
+  eval_batches: int = _data(20, "Text and audio: random evaluation windows per evaluation, in batches of "
+                            "--eval_batch_size.", lower=1)
+  final_eval_batches: int = _data(0, "Text and audio: batches of the evaluation after the last step (0: "
+                                  "--eval_batches), drawn as the others, so the first ones are theirs: a cheap "
+                                  "estimate during training, a precise one at the end.", lower=0)
+  model: str = _model("cnn", "Model name in the nets registry; its hyperparameters are --MODEL.FIELD flags.",
+                      choices=tuple(nets.names()))
   model_hparams: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})
-  # Objective.
-  objective: str = _field("classification", "What is minimised.",
-                          choices=tuple(sorted(nets.objectives.OBJECTIVES)))
-  label_smoothing: float = _field(0.0, "Label smoothing for classification.", lower=0.0)
-  mask_rate: float = _field(0.15, "Masked language modelling: fraction of positions to predict.", lower=0.0)
-  likelihood: str = _field("bernoulli", "Autoencoders and VAEs: the decoder's likelihood (bernoulli: logits, "
-                           "gaussian: means with a learned scale for the VAE, squared error for the autoencoder).",
-                           choices=("bernoulli", "gaussian"))
-  binarize: bool = _field(False, "Autoencoders and VAEs: binarize inputs on the fly, x ~ Bernoulli(x) "
-                          "(dynamic binarization).")
-  noise_std: float = _field(0.0, "Denoising autoencoder: std of the Gaussian noise added to training inputs.",
-                            lower=0.0)
-  iwae_samples: int = _field(100, "VAE evaluation: importance samples k of the IWAE bound (Burda et al.).",
-                             lower=1)
-  gan_loss: str = _field("non_saturating", "GAN loss.", choices=("non_saturating", "hinge", "wgan_gp"))
-  gp_weight: float = _field(10.0, "WGAN-GP gradient-penalty weight.", lower=0.0)
-  r1_weight: float = _field(0.0, "R1 penalty weight on the discriminator's gradient at real data "
-                            "(Mescheder et al. 2018; 0: off).", lower=0.0)
-  pack: int = _field(1, "PacGAN packing: samples the discriminator judges jointly.", lower=1)
-  diffusion_steps: int = _field(1000, "Diffusion: noising steps T.", lower=1)
-  beta_schedule: str = _field("linear", "Diffusion noise schedule (linear: Ho et al.; cosine: Nichol & Dhariwal).",
-                              choices=("linear", "cosine"))
-  beta_start: float = _field(1e-4, "Diffusion: first beta of the linear schedule.", lower=0.0)
-  beta_end: float = _field(0.02, "Diffusion: last beta of the linear schedule.", lower=0.0)
-  sampler: str = _field("ancestral", "Diffusion sampler: DDPM's ancestral sampling (all steps) or DDIM "
-                        "(--sample_steps).", choices=("ancestral", "ddim"))
-  sample_steps: int = _field(50, "DDIM sampling steps.", lower=1)
-  ddim_eta: float = _field(0.0, "DDIM eta (0: deterministic; 1: DDPM's posterior variance).", lower=0.0)
-  # Optimizer.
-  optimizer: str = _field("adam", "Optax optimizer.", choices=optim.OPTIMIZERS)
-  learning_rate: float = _field(1e-2, "Peak learning rate.", lower=0.0)
-  schedule: str = _field("constant", "Learning-rate schedule.", choices=optim.SCHEDULES)
-  warmup_steps: int = _field(0, "Linear warmup steps.", lower=0)
-  min_learning_rate: float = _field(0.0, "Final learning rate of the cosine and linear schedules.", lower=0.0)
-  momentum: float = _field(0.9, "Momentum of sgd momentum/nesterov.", lower=0.0)
-  b1: float = _field(0.9, "Adam-family beta1.", lower=0.0)
-  b2: float = _field(0.999, "Adam-family beta2 (rmsprop: its decay).", lower=0.0)
-  eps: float = _field(1e-8, "Adam-family epsilon.", lower=0.0)
-  weight_decay: float = _field(0.0, "Weight decay: decoupled for adamw/lamb/lion, an L2 gradient term otherwise.",
-                               lower=0.0)
-  decay_weights_only: bool = _field(False, "Decay only weight matrices and embeddings, not biases and norms.")
-  grad_clip_norm: float = _field(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
-  discriminator_learning_rate: float = _field(0.0, "GANs: the discriminator's peak learning rate (0: "
-                                              "--learning_rate). Each player has its own optimizer.", lower=0.0)
-  # Loop.
-  steps: int = _field(6000, "Training steps.", lower=1)
-  log_every: int = _field(100, "Log training metrics every this many steps.", lower=1)
-  eval_every: int = _field(250, "Evaluate every this many steps (0: only at the end).", lower=0)
-  checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
-  keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.", lower=1)
-  seed: int = _field(0, "Seed of parameter initialisation, dropout and data order.")
-  sample_tokens: int = _field(500, "Language models: tokens of text (WaveNet: audio samples) generated into "
-                              "workdir/samples at each evaluation (0: none).", lower=0)
-  sample_temperature: float = _field(0.8, "Softmax temperature of those samples (0: greedy).", lower=0.0)
-  sample_top_k: int = _field(40, "Sample from the k most likely tokens (0: all).", lower=0)
-  num_samples: int = _field(64, "Generative models: samples drawn at each evaluation, written as images or "
-                            "plots (the 2D mixtures are scored on them; the papers use 2,500).", lower=1)
-  steps_per_dispatch: int = _field(0, "Training steps run per dispatch to the devices (one lax.scan), never "
-                                   "across a log, evaluation or checkpoint step. 0: as many as fit in about "
-                                   "10 GFLOP (XLA's count), up to the next of those steps.", lower=0)
-  device_data_mb: float = _field(512.0, "Hold the training data on every device when it takes at most this "
-                                 "many MiB (batches are then cut on the device); larger data is streamed "
-                                 "from the host. 0: always stream.", lower=0.0)
-  dtype: str = _field("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
-                      "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
-  matmul_dtype: str = _field("float32", "bfloat16: every matrix product of a float32 model takes bfloat16 "
-                             "operands, accumulated and returned in float32, in the backward pass too; "
-                             "everything else stays float32 (torch.autocast's treatment of matmuls). On "
-                             "CPUs with AMX tiles XLA runs these products several times faster "
-                             "(nets/matmul_precision.py).", choices=("float32", "bfloat16"))
-  parallel: str = _field("jit", "Data parallelism: jit over a device Mesh, or pmap.", choices=("jit", "pmap"))
-  num_devices: int = _field(0, "Local devices to use (0: all).", lower=0)
-  cpu_threads: int = _field(0, "Threads of XLA's CPU backend (0: one per core the process may use). Tiny "
-                            "models step faster on 1, where handing work between threads costs more than "
-                            "it gives. Applied by experiments.run and experiments.bench before JAX starts "
-                            "(see experiments.cpu_threads).", lower=0)
-  mesh: str = _field("", "Device mesh as AXIS:SIZE pairs over the axes data and fsdp, e.g. data:2,fsdp:2 "
-                     "(one size may be -1: the rest). fsdp > 1 splits parameters and optimizer state over "
-                     "that many devices. Empty: every device on data.")
+  objective: str = _objective("classification", "What is minimised; its hyperparameters are --OBJECTIVE.FIELD "
+                              "flags.", choices=tuple(nets.objectives.names()))
+  objective_hparams: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})
+  optimizer: str = _optimizer("adam", "Optax optimizer.", choices=optim.OPTIMIZERS)
+  learning_rate: float = _optimizer(1e-2, "Peak learning rate.", lower=0.0)
+  schedule: str = _optimizer("constant", "Learning-rate schedule.", choices=optim.SCHEDULES)
+  warmup_steps: int = _optimizer(0, "Linear warmup steps.", lower=0)
+  min_learning_rate: float = _optimizer(0.0, "Final learning rate of the cosine and linear schedules.", lower=0.0)
+  momentum: float = _optimizer(0.9, "Momentum of sgd momentum/nesterov.", lower=0.0)
+  b1: float = _optimizer(0.9, "Adam-family beta1.", lower=0.0)
+  b2: float = _optimizer(0.999, "Adam-family beta2 (rmsprop: its decay).", lower=0.0)
+  eps: float = _optimizer(1e-8, "Adam-family epsilon.", lower=0.0)
+  weight_decay: float = _optimizer(0.0, "Weight decay: decoupled for adamw/lamb/lion, an L2 gradient term "
+                                   "otherwise.", lower=0.0)
+  decay_weights_only: bool = _optimizer(False, "Decay only weight matrices and embeddings, not biases and norms.")
+  grad_clip_norm: float = _optimizer(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
+  discriminator_learning_rate: float = _optimizer(0.0, "GANs: the discriminator's peak learning rate (0: "
+                                                  "--learning_rate). Each player has its own optimizer.", lower=0.0)
+  steps: int = _loop(6000, "Training steps.", lower=1)
+  log_every: int = _loop(100, "Log training metrics every this many steps.", lower=1)
+  eval_every: int = _loop(250, "Evaluate every this many steps (0: only at the end).", lower=0)
+  checkpoint_every: int = _loop(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
+  keep_checkpoints: int = _loop(3, "How many recent checkpoints to keep.", lower=1)
+  seed: int = _loop(0, "Seed of parameter initialisation, dropout and data order.")
+  dtype: str = _precision("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
+                          "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
+  matmul_dtype: str = _precision("float32", "bfloat16: every matrix product of a float32 model takes bfloat16 "
+                                 "operands, accumulated and returned in float32, in the backward pass too; "
+                                 "everything else stays float32 (torch.autocast's treatment of matmuls; "
+                                 "experiments/runtime/products.py).", choices=("float32", "bfloat16"))
+  sample: Sample = _section(Sample)
+  parallel: Parallel = _section(Parallel)
+  runtime: Runtime = _section(Runtime)
 
   def __post_init__(self):
     self.validate()
 
   def validate(self) -> None:
     """Checks what single flags cannot: names, ranges and cross-field constraints."""
-    for f in dataclasses.fields(self):
-      meta, value = f.metadata, getattr(self, f.name)
-      if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"--{f.name}={value!r} is not one of {', '.join(meta['choices'])}")
-      if meta.get("lower") is not None and value < meta["lower"]:
-        raise ConfigError(f"--{f.name}={value!r} must be >= {meta['lower']}")
-    known = nets.hparams(self.model)
-    for name in self.model_hparams:
-      if name not in known:
-        raise ConfigError(f"model {self.model!r} has no hyperparameter {name!r}; it has: {', '.join(known)}")
-    try:  # the model's own checks (names, ranges) before any data is read
+    check_fields(self)
+    for what, name, hparams, known in (("model", self.model, self.model_hparams, nets.hparams(self.model)),
+                                       ("objective", self.objective, self.objective_hparams,
+                                        nets.objectives.hparams(self.objective))):
+      for field in hparams:
+        if field not in known:
+          raise ConfigError(f"{what} {name!r} has no hyperparameter {field!r}; it has: {', '.join(known) or 'none'}")
+    try:  # the model's and the objective's own checks (names, ranges) before any data is read
       nets.create(self.model, **self.model_hparams)
     except ValueError as e:
       raise ConfigError(f"--model={self.model}: {e}") from None
+    try:
+      nets.objectives.create(self.objective, **self.objective_hparams)
+    except ValueError as e:
+      raise ConfigError(f"--objective={self.objective}: {e}") from None
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
-    if not 0.0 < self.mask_rate < 1.0:
-      raise ConfigError(f"--mask_rate={self.mask_rate!r} must be in (0, 1)")
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
       raise ConfigError(f"--matmul_dtype=bfloat16 is for float32 models; --dtype={self.dtype} already "
                         "computes every product in that dtype")
@@ -169,8 +213,14 @@ class Config:
     return dataclasses.replace(self, **changes)
 
 
-def _config_fields() -> list[dataclasses.Field]:
-  return [f for f in dataclasses.fields(Config) if f.metadata.get("flag", True)]
+def plain_fields() -> list[dataclasses.Field]:
+  """The Config fields that are plain flags (`--NAME`), in declaration order."""
+  return [f for f in dataclasses.fields(Config) if f.metadata.get("flag", True) and "section" not in f.metadata]
+
+
+def section_fields() -> list[dataclasses.Field]:
+  """The Config fields that hold a section."""
+  return [f for f in dataclasses.fields(Config) if "section" in f.metadata]
 
 
 def _parse_tuple(text: str, like: tuple) -> tuple:
@@ -198,42 +248,66 @@ def _define(name: str, default: Any, help: str, values: flags.FlagValues, *, fla
     flags.DEFINE_string(name, flag_default, help, flag_values=values)
 
 
+def _shown(default: Any) -> Any:
+  return ",".join(map(str, default)) if isinstance(default, tuple) else default
+
+
+def hparam_families() -> list[tuple[str, str, dict[str, dataclasses.Field]]]:
+  """("model" or "objective", name, its hyperparameters) for every model and objective."""
+  return ([("model", m, nets.hparams(m)) for m in nets.names()] +
+          [("objective", o, nets.objectives.hparams(o)) for o in nets.objectives.names()])
+
+
 def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines a flag for every Config field and every model hyperparameter."""
-  for f in _config_fields():
-    meta = f.metadata
-    _define(f.name, f.default, meta["help"], values, flag_default=f.default, choices=meta.get("choices"))
-  for model in nets.names():
-    for name, f in nets.hparams(model).items():
-      default = f.default
-      shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-      _define(f"{model}.{name}", default, f"{model} hyperparameter (model default: {shown}).", values)
+  """Defines a flag for every Config field, section field, model and objective hyperparameter."""
+  for f in plain_fields():
+    _define(f.name, f.default, f.metadata["help"], values, flag_default=f.default, choices=f.metadata.get("choices"))
+  prefixes = [cls.NAME for cls in SECTIONS]
+  for cls in SECTIONS:
+    for f in dataclasses.fields(cls):
+      _define(f"{cls.NAME}.{f.name}", f.default, f.metadata["help"], values, flag_default=f.default,
+              choices=f.metadata.get("choices"))
+  for what, name, fields in hparam_families():
+    if name in prefixes:
+      raise ValueError(f"{what} {name!r} has the name of a flag section")
+    for field_name, f in fields.items():
+      _define(f"{name}.{field_name}", f.default, f"{name} hyperparameter (default: {_shown(f.default)}).", values)
   flags.DEFINE_string("workdir", "", "Run directory (default: a new folder under runs/). "
                       "A workdir holding a checkpoint resumes from it.", flag_values=values)
 
 
-def model_hparams_from_flags(model: str, values: flags.FlagValues) -> dict[str, Any]:
-  """The `--MODEL.FIELD` flags that were set; setting another model's is an error."""
+def _hparams_from_flags(what: str, chosen: str, values: flags.FlagValues) -> dict[str, Any]:
+  """The `--NAME.FIELD` flags of the chosen model (or objective) that were set; setting
+  another one's is an error."""
   hparams = {}
-  for model_name in nets.names():
-    for name, f in nets.hparams(model_name).items():
-      value = values[f"{model_name}.{name}"].value
+  for kind, name, fields in hparam_families():
+    if kind != what:
+      continue
+    for field_name, f in fields.items():
+      value = values[f"{name}.{field_name}"].value
       if value is None:
         continue
-      if model_name != model:
-        raise ConfigError(f"--{model_name}.{name} is set but --model={model}; "
-                         f"set --{model}.* flags or choose --model={model_name}")
+      if name != chosen:
+        raise ConfigError(f"--{name}.{field_name} is set but --{what}={chosen}; "
+                          f"set --{chosen}.* flags or choose --{what}={name}")
       if isinstance(f.default, tuple):
-        value = _parse_tuple(value, f.default)
+        try:
+          value = _parse_tuple(value, f.default)
+        except ConfigError as e:
+          raise ConfigError(f"--{name}.{field_name}={value}: {e}") from None
         if not value:
-          raise ConfigError(f"--{model_name}.{name} is empty")
-      hparams[name] = value
+          raise ConfigError(f"--{name}.{field_name} is empty")
+      hparams[field_name] = value
   return hparams
 
 
 def from_flags(values: flags.FlagValues = flags.FLAGS) -> Config:
-  kwargs = {f.name: values[f.name].value for f in _config_fields()}
-  kwargs["model_hparams"] = model_hparams_from_flags(kwargs["model"], values)
+  kwargs: dict[str, Any] = {f.name: values[f.name].value for f in plain_fields()}
+  for f in section_fields():
+    cls = f.metadata["section"]
+    kwargs[f.name] = cls(**{g.name: values[f"{cls.NAME}.{g.name}"].value for g in dataclasses.fields(cls)})
+  kwargs["model_hparams"] = _hparams_from_flags("model", kwargs["model"], values)
+  kwargs["objective_hparams"] = _hparams_from_flags("objective", kwargs["objective"], values)
   return Config(**kwargs)
 
 
@@ -248,16 +322,18 @@ def from_workdir(workdir: str) -> Config:
   return from_flags(values)
 
 
+def _text(value: Any) -> str:
+  if isinstance(value, tuple):
+    return ",".join(map(str, value))
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def to_flagfile(config: Config) -> str:
-  """A flag file that reproduces `config` (every field, model hyperparameters included)."""
-  lines = []
-  for f in _config_fields():
-    value = getattr(config, f.name)
-    lines.append(f"--{f.name}={str(value).lower() if isinstance(value, bool) else value}")
-  for name, value in config.model_hparams.items():
-    if isinstance(value, tuple):
-      value = ",".join(map(str, value))
-    elif isinstance(value, bool):
-      value = str(value).lower()
-    lines.append(f"--{config.model}.{name}={value}")
+  """A flag file that reproduces `config` (every field, the set hyperparameters included)."""
+  lines = [f"--{f.name}={_text(getattr(config, f.name))}" for f in plain_fields()]
+  lines += [f"--{config.model}.{k}={_text(v)}" for k, v in config.model_hparams.items()]
+  lines += [f"--{config.objective}.{k}={_text(v)}" for k, v in config.objective_hparams.items()]
+  for f in section_fields():
+    section = getattr(config, f.name)
+    lines += [f"--{section.NAME}.{g.name}={_text(getattr(section, g.name))}" for g in dataclasses.fields(section)]
   return "\n".join(lines) + "\n"

@@ -1,13 +1,14 @@
 """Multi-process start-up: `jax.distributed` when a run is launched as several processes.
 
 A run is one of several processes when
-- it is started with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`;
+- it is started with `--distributed.coordinator_address=HOST:PORT --distributed.num_processes=N
+  --distributed.process_id=I`;
 - it is a task of a SLURM step of more than one task (`srun -n N python -m experiments.run ...`);
   JAX reads the coordinator, the process count and the process id from SLURM's variables;
 - it is a worker of a multi-host TPU slice (`gcloud compute tpus tpu-vm ssh --worker=all`)
-  that says so with `--distributed=on` (or whose TPU_WORKER_HOSTNAMES lists several hosts);
-  `--distributed=on` lets JAX detect any cluster it knows (TPU, SLURM, Open MPI).
-Otherwise it is a single process and nothing is initialised (`--distributed=off`: never).
+  that says so with `--distributed.mode=on` (or whose TPU_WORKER_HOSTNAMES lists several hosts);
+  `--distributed.mode=on` lets JAX detect any cluster it knows (TPU, SLURM, Open MPI).
+Otherwise it is a single process and nothing is initialised (`--distributed.mode=off`: never).
 
 On CPU the processes exchange gradients through gloo. A process that dies is noticed by the
 coordination service within `heartbeat_timeout_s`, and every other process then stops with an
@@ -52,16 +53,18 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   Call it before anything touches JAX's devices.
   """
   if mode not in MODES:
-    raise ConfigError(f"--distributed={mode!r} is not one of {', '.join(MODES)}")
+    raise ConfigError(f"--distributed.mode={mode!r} is not one of {', '.join(MODES)}")
   if mode == "off":
     return False
   explicit = (coordinator_address, num_processes > 0, process_id >= 0)
   if any(explicit):
     if not all(explicit):
-      raise ConfigError("--coordinator_address, --num_processes and --process_id go together "
-                        f"(got {coordinator_address!r}, {num_processes}, {process_id})")
+      raise ConfigError("--distributed.coordinator_address, --distributed.num_processes and "
+                        f"--distributed.process_id go together (got {coordinator_address!r}, {num_processes}, "
+                        f"{process_id})")
     if not 0 <= process_id < num_processes:
-      raise ConfigError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+      raise ConfigError(f"--distributed.process_id={process_id} must be in "
+                        f"[0, --distributed.num_processes={num_processes})")
     if num_processes == 1:
       return False
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)

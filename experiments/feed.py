@@ -1,7 +1,7 @@
 """How training batches reach the compiled steps: held on the devices, or sent from the host.
 
 The training loop runs several steps per dispatch (a `lax.scan` over `k` steps, see
-`experiments.parallel.DataParallel.compile_steps`). A `Feed` gives those steps their batches:
+`experiments.dispatch`). A `Feed` gives those steps their batches:
 - `resident`: arrays placed on the devices once, for the whole run (maybe none);
 - `items(step, k)`: this process's host arrays, shaped [k, rows, ...], that select the
   batches of steps step .. step + k - 1;
@@ -9,24 +9,22 @@ The training loop runs several steps per dispatch (a `lax.scan` over `k` steps, 
 
 `make` chooses one of three, all giving the very batches `experiments.data` streams (so the
 numbers do not depend on the choice):
-- `Examples`: a split of labelled examples (or images) of at most `--device_data_mb` is held
+- `Examples`: a split of labelled examples (or images) of at most `--runtime.device_data_mb` is held
   on the devices; an item is the indices of a batch's examples (`data.ExampleOrder`, the
   tf.data stream's order) and the step gathers them;
 - `Windows`: text and audio held in memory are held on the devices as one token array; an item
   is where each window starts (drawn on the host from (seed, step) as `data.text_batches`
   draws them) and the step slices the windows;
-- `Streamed`: anything larger, or `--device_data_mb=0`: tf.data reads the batches and an item
+- `Streamed`: anything larger, or `--runtime.device_data_mb=0`: tf.data reads the batches and an item
   is the batch itself.
 
-`Prefetch` prepares the items of the coming dispatches in a background thread and puts them
-on the devices, so the host never holds up the device.
+`experiments.dispatch` prepares the items of the coming dispatches in a background thread
+and puts them on the devices, so the host never holds up the device.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -171,9 +169,9 @@ class DeviceBatches:
 
 
 def make(config: Config, source: data.Source) -> Feed:
-  """The run's feed: on the devices when the training data fits `--device_data_mb` (and, for
+  """The run's feed: on the devices when the training data fits `--runtime.device_data_mb` (and, for
   a split of examples, when the run reads all of it: a short run only reads its batches)."""
-  limit = config.device_data_mb * 2**20
+  limit = config.runtime.device_data_mb * 2**20
   if source.windows is not None:
     flat = source.windows.flat(config.train_split, config.block_size)
     return Windows(config, source.windows) if flat.nbytes <= limit else Streamed(config, source)
@@ -184,56 +182,3 @@ def make(config: Config, source: data.Source) -> Feed:
       or info.num_examples > config.steps * config.batch_size):
     return Streamed(config, source)
   return Examples(config, data.read_split(b, config.train_split))
-
-
-def plan(start: int, stop: int, k: int, periods: Sequence[int]) -> list[tuple[int, int]]:
-  """(first step, steps) of each dispatch from `start` to `stop`: `k` steps at a time, never
-  across a multiple of one of `periods` (when the loop logs, evaluates or checkpoints)."""
-  periods = [p for p in periods if p > 0]
-  chunks, step = [], start
-  while step < stop:
-    end = min([stop, step + k] + [(step // p + 1) * p for p in periods])
-    chunks.append((step, end - step))
-    step = end
-  return chunks
-
-
-class Prefetch:
-  """Iterates over `(step, k, device items)` for the planned dispatches; a background thread
-  reads and places them `depth` dispatches ahead of the consumer."""
-
-  def __init__(self, feed: Feed, chunks: list[tuple[int, int]], put: Callable[[Items], Any], depth: int = 2):
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._work, args=(feed, chunks, put), daemon=True)
-    self._thread.start()
-
-  def _work(self, feed, chunks, put):
-    try:
-      for step, k in chunks:
-        item = (step, k, put(feed.items(step, k)))
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if self._stop.is_set():
-          return
-      self._queue.put(StopIteration())
-    except BaseException as e:  # pylint: disable=broad-except  (re-raised in the consumer)
-      self._queue.put(e)
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> tuple[int, int, Any]:
-    item = self._queue.get()
-    if isinstance(item, BaseException):
-      self._queue.put(item)  # every later call raises it too
-      raise item
-    return item
-
-  def close(self) -> None:
-    self._stop.set()
-    self._thread.join(timeout=10)

@@ -1,8 +1,11 @@
-"""Where a run reports: metrics.jsonl, TensorBoard events, and a progress line."""
+"""Where a run reports: metrics.jsonl, TensorBoard events, a progress line, and the clock
+behind its rate."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import time
 from typing import Mapping
@@ -18,6 +21,43 @@ def _fmt_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Clock:
+  """Time spent in training steps, paused spans (evaluation, checkpoints) excluded: the rate
+  and ETA of the progress line, and the run's mean steps/s."""
+
+  def __init__(self, start_step: int, total_steps: int):
+    self.total_steps = total_steps
+    self._origin = (start_step, time.perf_counter())
+    self._lap = self._origin
+    self._paused = 0.0  # seconds paused since the last lap
+    self._paused_total = 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      dt = time.perf_counter() - t
+      self._paused += dt
+      self._paused_total += dt
+
+  def lap(self, step: int) -> tuple[float | None, float | None]:
+    """Steps/s since the previous lap, and the seconds left at that rate."""
+    now = time.perf_counter()
+    steps, seconds = step - self._lap[0], now - self._lap[1] - self._paused
+    self._lap, self._paused = (step, now), 0.0
+    if steps <= 0 or seconds <= 0:
+      return None, None
+    rate = steps / seconds
+    return rate, (self.total_steps - step) / rate
+
+  def steps_per_sec(self, step: int) -> float:
+    steps = step - self._origin[0]
+    seconds = time.perf_counter() - self._origin[1] - self._paused_total
+    return steps / seconds if steps > 0 and seconds > 0 else math.nan
 
 
 class Logger:

@@ -3,7 +3,7 @@
 A step function is written for one device's view of the batch and takes an `axis_name`:
 - `jit`: `jax.jit` over a device `Mesh` with axes ("data", "fsdp"). The step sees the global
   batch, split over every device of the mesh, and XLA inserts the collectives. With `fsdp`
-  of size 1 (the default) parameters and optimizer state are replicated; with `--mesh=data:D,fsdp:F`
+  of size 1 (the default) parameters and optimizer state are replicated; with `--parallel.mesh=data:D,fsdp:F`
   every array of at least `FSDP_MIN_SIZE` elements is split over the F devices of an "fsdp"
   group along its largest dimension divisible by F (as ZeRO-3/FSDP do), and XLA gathers it
   where a layer needs it. It is called with `axis_name=None`.
@@ -43,26 +43,26 @@ def parse_mesh(text: str, num_devices: int) -> dict[str, int]:
       name, _, size = part.partition(":")
       name = name.strip()
       if name not in AXES:
-        raise ConfigError(f"--mesh={text!r}: unknown axis {name!r}; axes are {', '.join(AXES)}")
+        raise ConfigError(f"--parallel.mesh={text!r}: unknown axis {name!r}; axes are {', '.join(AXES)}")
       if name in seen:
-        raise ConfigError(f"--mesh={text!r}: axis {name!r} given twice")
+        raise ConfigError(f"--parallel.mesh={text!r}: axis {name!r} given twice")
       seen.add(name)
       try:
         sizes[name] = int(size)
       except ValueError:
-        raise ConfigError(f"--mesh={text!r}: {part!r} is not AXIS:SIZE") from None
+        raise ConfigError(f"--parallel.mesh={text!r}: {part!r} is not AXIS:SIZE") from None
       if sizes[name] == 0 or sizes[name] < -1:
-        raise ConfigError(f"--mesh={text!r}: sizes are positive (or -1: the rest)")
+        raise ConfigError(f"--parallel.mesh={text!r}: sizes are positive (or -1: the rest)")
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1:
-    raise ConfigError(f"--mesh={text!r}: at most one axis may be -1")
+    raise ConfigError(f"--parallel.mesh={text!r}: at most one axis may be -1")
   fixed = math.prod(v for v in sizes.values() if v != -1)
   if free:
     if num_devices % fixed:
-      raise ConfigError(f"--mesh={text!r}: {num_devices} devices do not divide into groups of {fixed}")
+      raise ConfigError(f"--parallel.mesh={text!r}: {num_devices} devices do not divide into groups of {fixed}")
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes.values()) != num_devices:
-    raise ConfigError(f"--mesh={text!r} has {math.prod(sizes.values())} devices but the run has {num_devices}")
+    raise ConfigError(f"--parallel.mesh={text!r} has {math.prod(sizes.values())} devices but the run has {num_devices}")
   return sizes
 
 
@@ -83,19 +83,19 @@ class DataParallel:
 
   def __init__(self, mode: str = "jit", num_devices: int = 0, mesh: str = ""):
     if mode not in MODES:
-      raise ConfigError(f"unknown --parallel={mode!r}; known: {', '.join(MODES)}")
+      raise ConfigError(f"unknown --parallel.mode={mode!r}; known: {', '.join(MODES)}")
     local = jax.local_devices()
     if num_devices > len(local):
-      raise ConfigError(f"--num_devices={num_devices} but this process has {len(local)} devices")
+      raise ConfigError(f"--parallel.num_devices={num_devices} but this process has {len(local)} devices")
     if num_devices and jax.process_count() > 1:
-      raise ConfigError("--num_devices applies to a single process; multi-process runs use all devices")
+      raise ConfigError("--parallel.num_devices applies to a single process; multi-process runs use all devices")
     self.mode = mode
     self.pmap_devices = local[:num_devices] if num_devices else None  # None: every process's devices
     self.local_devices = local[:num_devices] if num_devices else local
     devices = self.local_devices if num_devices else jax.devices()
     self.sizes = parse_mesh(mesh, len(devices))
     if mode == "pmap" and self.sizes["fsdp"] > 1:
-      raise ConfigError("--parallel=pmap replicates parameters; --mesh with fsdp > 1 needs --parallel=jit")
+      raise ConfigError("--parallel.mode=pmap replicates parameters; --parallel.mesh with fsdp > 1 needs --parallel.mode=jit")
     # Devices in process order, so each process's devices hold consecutive rows of the batch.
     self.mesh = Mesh(np.asarray(devices).reshape(self.sizes["data"], self.sizes["fsdp"]), AXES)
     self.replicated = NamedSharding(self.mesh, P())
@@ -109,7 +109,7 @@ class DataParallel:
   def describe(self) -> str:
     procs = f"{jax.process_count()} process(es), " if jax.process_count() > 1 else ""
     mesh = f", mesh data:{self.sizes['data']},fsdp:{self.sizes['fsdp']}" if self.sizes["fsdp"] > 1 else ""
-    return f"{procs}{self.num_devices} device(s), --parallel={self.mode}{mesh}"
+    return f"{procs}{self.num_devices} device(s), --parallel.mode={self.mode}{mesh}"
 
   def check_batch_size(self, batch_size: int, what: str = "--batch_size") -> None:
     if batch_size % self.num_devices:

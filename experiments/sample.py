@@ -12,36 +12,43 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
-
-from experiments import config as config_lib, tf_import
+from experiments import runtime
 
 if __name__ == "__main__":
-  tf_import.without_keras()  # before anything imports TensorFlow
+  runtime.program_start()
 
-flags.DEFINE_string("workdir", None, "Run directory holding flags.flags and checkpoints/.", required=True)
-flags.DEFINE_string("prompt", "\n", "Text to continue (or to translate).")
-flags.DEFINE_integer("num_tokens", 500, "Tokens to generate.", lower_bound=1)
-flags.DEFINE_float("temperature", 0.8, "Softmax temperature (0: greedy).", lower_bound=0.0)
-flags.DEFINE_integer("top_k", 40, "Sample from the k most likely tokens (0: all).", lower_bound=0)
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+from absl import flags
+
+from experiments import build, cli
+from experiments import config as config_lib
+
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags (defined by the command only, so that the module imports as a library)."""
+  flags.DEFINE_string("workdir", None, "Run directory holding flags.flags and checkpoints/.", required=True)
+  flags.DEFINE_string("prompt", "\n", "Text to continue (or to translate).")
+  flags.DEFINE_integer("num_tokens", 500, "Tokens to generate.", lower_bound=1)
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature (0: greedy).", lower_bound=0.0)
+  flags.DEFINE_integer("top_k", 40, "Sample from the k most likely tokens (0: all).", lower_bound=0)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
 
 def generate(workdir: str, prompt: str, num_tokens: int, temperature: float, top_k: int, seed: int,
              step: int | None = None) -> str:
   """The text a run's checkpoint generates from `prompt` (its continuation, or translation)."""
-  import jax  # pylint: disable=g-import-not-at-top  (after flag parsing, like experiments.run)
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import nets  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
 
   config = config_lib.from_workdir(workdir)
   if config.objective not in ("lm", "seq2seq"):
     raise config_lib.ConfigError(f"the run in {workdir} has --objective={config.objective}; sampling needs a "
                                  "language model (lm) or a sequence-to-sequence model (seq2seq)")
-  _, source, model, objective, params, _ = train.restore(workdir, step)
+  restored = build.restore(workdir, step)
+  source, model, objective, params = restored.source, restored.model, restored.objective, restored.params
   try:
     tokens = source.tokenizer.encode(prompt)
   except ValueError as e:
@@ -56,18 +63,12 @@ def generate(workdir: str, prompt: str, num_tokens: int, temperature: float, top
   return prompt + source.tokenizer.decode(np.asarray(out[0]).tolist())
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    text = generate(FLAGS.workdir, FLAGS.prompt, FLAGS.num_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed,
-                    FLAGS.step)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from None
+def main() -> None:
+  text = generate(FLAGS.workdir, FLAGS.prompt, FLAGS.num_tokens, FLAGS.temperature, FLAGS.top_k, FLAGS.seed,
+                  FLAGS.step)
   sys.stdout.write(text + "\n")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  cli.run(main, __doc__)

@@ -146,9 +146,9 @@ def save_data(path: str, samples: np.ndarray, references: np.ndarray | None = No
 
 
 def language_model_text(config: Config, model: nn.Module, tokenizer: Tokenizer) -> Callable[[Any, int], str]:
-  """params, seed -> `config.sample_tokens` tokens of text continuing a newline."""
-  generate = jax.jit(functools.partial(nets.decoding.sample, model, num_tokens=config.sample_tokens,
-                                       temperature=config.sample_temperature, top_k=config.sample_top_k))
+  """params, seed -> `config.sample.tokens` tokens of text continuing a newline."""
+  generate = jax.jit(functools.partial(nets.decoding.sample, model, num_tokens=config.sample.tokens,
+                                       temperature=config.sample.temperature, top_k=config.sample.top_k))
   try:
     prompt = tokenizer.encode("\n")
   except ValueError:  # no newline in the vocabulary: start from token 0
@@ -191,9 +191,9 @@ def writer(config: Config, model: nn.Module, objective: nets.objectives.Objectiv
   """The samples writer of this run, or None when it has nothing to write."""
   tokenizer = source.tokenizer
   chief = jax.process_index() == 0
-  if config.objective == "lm" and source.audio is not None and config.sample_tokens:
+  if config.objective == "lm" and source.audio is not None and config.sample.tokens:
     return _audio_writer(config, model, source, workdir)
-  if config.objective == "lm" and config.sample_tokens and tokenizer is not None:
+  if config.objective == "lm" and config.sample.tokens and tokenizer is not None:
     text = language_model_text(config, model, tokenizer)
 
     def write_text(state, step: int) -> dict[str, float]:
@@ -216,7 +216,7 @@ def writer(config: Config, model: nn.Module, objective: nets.objectives.Objectiv
       return {}
 
     return write_translations
-  generate = generator(model, objective, config.num_samples) if hasattr(objective, "generate") else None
+  generate = generator(model, objective, config.sample.count) if hasattr(objective, "generate") else None
   reconstruct = reconstructor(model, objective) if hasattr(objective, "reconstruct") else None
   if generate is None and reconstruct is None:
     return None
@@ -250,8 +250,8 @@ def writer(config: Config, model: nn.Module, objective: nets.objectives.Objectiv
 def _audio_writer(config: Config, model: nn.Module, source: Source, workdir: str) -> Writer:
   """WaveNet: `sample_tokens` audio samples per evaluation, as a WAV file."""
   from nets import wavenet  # pylint: disable=g-import-not-at-top
-  generate = jax.jit(functools.partial(wavenet.generate, model, num_samples=config.sample_tokens,
-                                       temperature=config.sample_temperature or 1.0))
+  generate = jax.jit(functools.partial(wavenet.generate, model, num_samples=config.sample.tokens,
+                                       temperature=config.sample.temperature or 1.0))
 
   def write(state, step: int) -> dict[str, float]:
     ids = np.asarray(generate(state.params, jax.random.fold_in(jax.random.key(config.seed), step)))

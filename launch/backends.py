@@ -176,14 +176,14 @@ class TpuOptions:
 
 def tpu_commands(planned: Sequence[Planned], root: str, options: TpuOptions) -> list[list[str]]:
   """One `gcloud ... ssh --worker=all` per run: every worker of the slice starts the same
-  command and `--distributed=on` connects them (JAX reads the slice's topology). The runs go
+  command and `--distributed.mode=on` connects them (JAX reads the slice's topology). The runs go
   one after another, each over the whole slice; ROOT must be storage every worker shares."""
   if not options.tpu or not options.zone:
     raise SweepError("--backend=tpu_vm needs --tpu and --zone")
   commands = []
   for p in planned:
     run = p.run
-    flags = [f"--flagfile={run.base}", *run.args(), f"--workdir={root}/{run.name}", "--distributed=on"]
+    flags = [f"--flagfile={run.base}", *run.args(), f"--workdir={root}/{run.name}", "--distributed.mode=on"]
     remote = f"cd {options.repo_dir} && {options.python} -m experiments.run " + " ".join(map(shlex.quote, flags))
     command = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", options.tpu, f"--zone={options.zone}"]
     if options.project:

@@ -8,7 +8,7 @@ splits it (first 90% train, last 10% validation, the same vocabulary). The model
 feed, parallelism and timing are the real `experiments.bench`'s:
 
     PYTHONPATH=. python launch/bench_without_tensorflow.py TEXT_PATH \\
-        --flagfile=experiments/flags/shakespeare_char_gpt.flags --dtype=bfloat16 --matmul_size=8192
+        --flagfile=experiments/flags/shakespeare_char_gpt.flags --dtype=bfloat16 --bench.matmul_size=8192
 
 Only char_text runs work this way; where TensorFlow is installed, use `experiments.bench`.
 """
@@ -65,8 +65,8 @@ def load(config):
 
 data.load = load
 
-from absl import app  # noqa: E402
-from experiments import bench  # noqa: E402
+from experiments import cli  # noqa: E402
+from experiments.bench import __main__ as command  # noqa: E402
 
 if __name__ == "__main__":
-  app.run(bench.main)
+  cli.run(command.main, command.__doc__)

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from nets import activations, initializers
-from nets.conv import Conv
 from nets.registry import register
 
 NORMS = ("none", "batch", "layer", "group")
@@ -129,7 +128,7 @@ class CNN(nn.Module):
     window = (2,) * ndim
     for features, kernel, stride in zip(self.features, self.kernel_size, self.strides):
       fan_in = x.shape[-1] * kernel**ndim
-      x = Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=padding,
+      x = nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=padding,
                   use_bias=self.norm != "batch", **initializers.layer_inits(self.weight_init, fan_in))(x)
       x = act(_norm(self.norm, train)(x))
       if self.pool == "max":
@@ -160,9 +159,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     ndim = x.ndim - 2
     strides = (self.strides,) * ndim
-    conv = functools.partial(Conv, self.features, (3,) * ndim, padding="SAME",
+    conv = functools.partial(nn.Conv, self.features, (3,) * ndim, padding="SAME",
                              use_bias=self.norm == "none")
-    project = functools.partial(Conv, self.features, (1,) * ndim, strides=strides,
+    project = functools.partial(nn.Conv, self.features, (1,) * ndim, strides=strides,
                                 use_bias=self.norm == "none")
     needs_projection = self.strides != 1 or x.shape[-1] != self.features
     norm = functools.partial(_norm, self.norm, train)
@@ -208,7 +207,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x, ndim = _spatial(x)
-    x = Conv(self.width, (self.stem_kernel,) * ndim, padding="SAME",
+    x = nn.Conv(self.width, (self.stem_kernel,) * ndim, padding="SAME",
                 use_bias=self.norm == "none")(x)
     if not self.preact:
       x = nn.relu(_norm(self.norm, train)(x))

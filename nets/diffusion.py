@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from nets import activations
-from nets.conv import Conv
 from nets.registry import register
 
 Array = jax.Array
@@ -309,12 +308,12 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
-    h = Conv(self.features, (3, 3), padding="SAME")(nn.silu(nn.GroupNorm(self.groups)(x)))
+    h = nn.Conv(self.features, (3, 3), padding="SAME")(nn.silu(nn.GroupNorm(self.groups)(x)))
     h = h + nn.Dense(self.features)(nn.silu(emb))[:, None, None, :]
     h = nn.silu(nn.GroupNorm(self.groups)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = Conv(self.features, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros)(h)
-    shortcut = x if x.shape[-1] == self.features else Conv(self.features, (1, 1), name="shortcut")(x)
+    h = nn.Conv(self.features, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros)(h)
+    shortcut = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1), name="shortcut")(x)
     return shortcut + h
 
 
@@ -377,14 +376,14 @@ class UNet(nn.Module):
     emb = _Conditioning(features[0], 4 * features[0], self.num_classes, nn.silu, name="conditioning")(
         _timesteps(t, x.shape[0]), y)
     block = lambda f: ResBlock(f, self.groups, self.dropout)
-    h = Conv(features[0], (3, 3), padding="SAME", name="input")(x.astype(jnp.float32))
+    h = nn.Conv(features[0], (3, 3), padding="SAME", name="input")(x.astype(jnp.float32))
     skips = []
     for level, f in enumerate(features):
       for _ in range(self.blocks):
         h = block(f)(h, emb, train)
         skips.append(h)
       if level < len(features) - 1:
-        h = Conv(f, (3, 3), strides=(2, 2), padding="SAME", name=f"down{level}")(h)
+        h = nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME", name=f"down{level}")(h)
     h = block(features[-1])(h, emb, train)
     if self.attention:
       h = SelfAttention(self.groups, name="attention")(h)
@@ -395,9 +394,9 @@ class UNet(nn.Module):
       if level > 0:
         target = skips[-1].shape
         h = jax.image.resize(h, (h.shape[0], target[1], target[2], h.shape[-1]), "nearest")
-        h = Conv(features[level], (3, 3), padding="SAME", name=f"up{level}")(h)
+        h = nn.Conv(features[level], (3, 3), padding="SAME", name=f"up{level}")(h)
     h = nn.silu(nn.GroupNorm(self.groups, name="output_norm")(h))
-    return Conv(x.shape[-1], (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="output")(h)
+    return nn.Conv(x.shape[-1], (3, 3), padding="SAME", kernel_init=nn.initializers.zeros, name="output")(h)
 
 
 # ------------------------------------------------------------------------------------- objective

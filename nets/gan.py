@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 
 from nets import activations
-from nets.conv import Conv
 from nets.registry import register
 
 GAN_LOSSES = ("non_saturating", "hinge", "wgan_gp")
@@ -210,7 +209,7 @@ class ConvDiscriminator(nn.Module):
     del train
     h = x
     for i in range(self.downsamplings):
-      h = _leaky_relu(Conv(self.features * 2**i, (4, 4), strides=(2, 2), padding="SAME")(h))
+      h = _leaky_relu(nn.Conv(self.features * 2**i, (4, 4), strides=(2, 2), padding="SAME")(h))
     h = h.reshape(h.shape[0], -1)
     logit = nn.Dense(1)(h)[:, 0]
     if self.num_classes:
@@ -297,14 +296,14 @@ class Adversarial:
 
   param_groups: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
 
-  gan_loss: str = "non_saturating"
+  loss: str = "non_saturating"
   gp_weight: float = 10.0
   r1_weight: float = 0.0
   pack: int = 1
 
   def __post_init__(self):
-    if self.gan_loss not in GAN_LOSSES:
-      raise ValueError(f"Adversarial.gan_loss must be one of {', '.join(GAN_LOSSES)}; got {self.gan_loss!r}")
+    if self.loss not in GAN_LOSSES:
+      raise ValueError(f"Adversarial.loss must be one of {', '.join(GAN_LOSSES)}; got {self.loss!r}")
     if self.pack < 1:
       raise ValueError(f"Adversarial.pack must be >= 1; got {self.pack!r}")
     if self.gp_weight < 0 or self.r1_weight < 0:
@@ -341,10 +340,10 @@ class Adversarial:
     d_fake = discriminate(jax.lax.stop_gradient(fake))
     g_fake = apply.frozen(fake, method="discriminate", **packed_cond).astype(jnp.float32)
     out = {}
-    if self.gan_loss == "non_saturating":
+    if self.loss == "non_saturating":
       d_loss = jax.nn.softplus(-d_real) + jax.nn.softplus(d_fake)
       g_loss = jax.nn.softplus(-g_fake)
-    elif self.gan_loss == "hinge":
+    elif self.loss == "hinge":
       d_loss = jax.nn.relu(1.0 - d_real) + jax.nn.relu(1.0 + d_fake)
       g_loss = -g_fake
     else:

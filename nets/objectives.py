@@ -104,6 +104,10 @@ class MaskedLM:
   mask_rate: float = 0.15
   extra_tokens = 1  # the mask token
 
+  def __post_init__(self):
+    if not 0.0 < self.mask_rate < 1.0:
+      raise ValueError(f"MaskedLM.mask_rate must be in (0, 1); got {self.mask_rate!r}")
+
   def corrupt(self, tokens: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The model's input and the 0/1 float mask of the chosen positions."""
     if self.vocab_size < 1:
@@ -178,10 +182,32 @@ OBJECTIVES: dict[str, type] = {
 }
 
 
-def create(name: str, **kwargs: Any) -> Objective:
+# Fields the trainer fills from the data, not hyperparameters: the vocabulary's size and one
+# example's shape.
+DATA_FIELDS = ("vocab_size", "data_shape")
+
+
+def names() -> list[str]:
+  return sorted(OBJECTIVES)
+
+
+def get(name: str) -> type:
   try:
-    cls = OBJECTIVES[name]
+    return OBJECTIVES[name]
   except KeyError:
-    raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}") from None
-  fields = {f.name for f in dataclasses.fields(cls)}
-  return cls(**{k: v for k, v in kwargs.items() if k in fields})
+    raise ValueError(f"unknown objective {name!r}; known: {', '.join(names())}") from None
+
+
+def hparams(name: str) -> dict[str, dataclasses.Field]:
+  """The hyperparameters of an objective: its dataclass fields but `DATA_FIELDS`, in order."""
+  return {f.name: f for f in dataclasses.fields(get(name)) if f.name not in DATA_FIELDS}
+
+
+def create(name: str, **kwargs: Any) -> Objective:
+  """Builds objective `name`; unknown fields are an error that lists the known ones."""
+  cls = get(name)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(kwargs) - known)
+  if unknown:
+    raise ValueError(f"objective {name!r} has no field(s) {unknown}; it has {sorted(known)}")
+  return cls(**kwargs)

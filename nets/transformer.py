@@ -35,19 +35,9 @@ def _dense(features, use_bias: bool, name: str, std: float = _STD, axis: int = -
                          kernel_init=nn.initializers.normal(std), bias_init=nn.initializers.zeros)
 
 
-def _on_rows(layer, x: Array, axes: int = 1) -> Array:
-  """`layer` applied to `x` with every leading dimension but the last `axes` flattened into
-  one: the matmuls are then 2D, whose weight gradients XLA's CPU backend computes without
-  the transposed copies it makes for [batch, length, ...] inputs (2x faster backward)."""
-  lead, tail = x.shape[:x.ndim - axes], x.shape[x.ndim - axes:]
-  y = layer(x.reshape((-1,) + tail))
-  return y.reshape(lead + y.shape[1:])
-
-
-def _unstack(x: Array, axis: int = -3) -> list[Array]:
-  """The slices of `x` along `axis` (q, k, v of a fused projection), split rather than
-  indexed: the gradient of a split is one concatenation, where indexing's is a zero-padded
-  copy per slice, summed (three extra passes over the activations per layer)."""
+def _split(x: Array, axis: int = -3) -> list[Array]:
+  """The slices of `x` along `axis`: q, k, v of the fused projection (as nanoGPT splits its
+  c_attn), whose gradient is one concatenation."""
   return [a.squeeze(axis) for a in jnp.split(x, x.shape[axis], axis=axis)]
 
 
@@ -85,10 +75,10 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"embedding size {embed} is not divisible by {self.num_heads} heads")
     head_dim = embed // self.num_heads
     if context is None:
-      q, k, v = _unstack(_on_rows(_dense((3, self.num_heads, head_dim), self.use_bias, "qkv"), x))
+      q, k, v = _split(_dense((3, self.num_heads, head_dim), self.use_bias, "qkv")(x))
     else:
-      q = _on_rows(_dense((self.num_heads, head_dim), self.use_bias, "query"), x)
-      k, v = _unstack(_on_rows(_dense((2, self.num_heads, head_dim), self.use_bias, "kv"), context))
+      q = _dense((self.num_heads, head_dim), self.use_bias, "query")(x)
+      k, v = _split(_dense((2, self.num_heads, head_dim), self.use_bias, "kv")(context))
     rate = self.dropout if train else 0.0
 
     if self.kernel == "cudnn":
@@ -109,7 +99,7 @@ class MultiHeadAttention(nn.Module):
         mask = causal if mask is None else jnp.logical_and(mask, causal)
       out = sparse_attention.dense_attention(q, k, v, mask, dropout=rate,
                                             dropout_rng=self.make_rng("dropout") if rate else None)
-    return _on_rows(_dense(embed, self.use_bias, "out", std=self.out_std, axis=(-2, -1)), out, axes=2)
+    return _dense(embed, self.use_bias, "out", std=self.out_std, axis=(-2, -1))(out)
 
   def _cached(self, q: Array, k: Array, v: Array) -> Array:
     """Appends k, v at the cache index and attends over every cached position so far."""
@@ -161,7 +151,7 @@ class MLP(nn.Module):
     width = x.shape[-1]
     fc = _dense(self.ratio * width, self.use_bias, "fc")
     proj = _dense(width, self.use_bias, "proj", std=self.out_std)
-    return _on_rows(lambda h: proj(activations.gelu_exact(fc(h))), x)
+    return proj(activations.gelu_exact(fc(x)))
 
 
 class Block(nn.Module):

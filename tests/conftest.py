@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from experiments import tf_import
+from experiments.runtime import tf_import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS_DIR = os.path.join(ROOT, "experiments", "flags")
@@ -26,7 +26,7 @@ if "PYTEST_XDIST_WORKER" not in os.environ:  # the controller (or a run without 
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_session, "jax-cache")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-tf_import.without_keras()  # 1.5 s less start-up in every run the tests start (experiments/tf_import.py)
+tf_import.without_keras()  # 1.5 s less start-up in every run the tests start (experiments/runtime/tf_import.py)
 # Tests run few steps of many small programs, so compiling dominates: XLA's backend without
 # LLVM optimisation compiles them about 4x faster (the programs and their numbers are the same
 # XLA programs; only the machine code is less optimised). Tests that set XLA_FLAGS add to it.

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from experiments import bench_table, host_memory, threefry_cpu, timing
+from experiments import bench
+from experiments.bench import table
+from experiments.runtime import host_memory, threefry
 from experiments.config import Config
 from experiments.datasets import char_text
 
@@ -18,7 +20,7 @@ from experiments.datasets import char_text
 def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   monkeypatch.chdir(ROOT)
   config = Config(model="mlp", model_hparams={"features": (64, 64)}, batch_size=50, steps=100)
-  r = timing.bench(config, steps=5, warmup=1, matmul_size=128, profile_dir=str(tmp_path),
+  r = bench.bench(config, steps=5, warmup=1, matmul_size=128, profile_dir=str(tmp_path),
                    rounds=2)
   assert r["model"] == "mlp" and r["batch_size"] == 50 and r["devices"] == 1
   assert r["compile_s"] > 0 and 0 < r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
@@ -43,18 +45,18 @@ def test_bench_times_the_real_train_step(monkeypatch, tmp_path):
   # 100 steps at a log every 100 (the default): dispatches of up to 50 steps (the gcd with the
   # evaluation period, 250), on MNIST-1D held on the device.
   assert r["feed"] == "Examples" and r["steps_per_dispatch"] == 50 and r["timed_steps"] == 150  # 3 dispatches at least
-  assert threefry_cpu.applied()  # by train.prepare, which the bench builds its run with
+  assert threefry.applied() and r["threefry_unrolled"]  # by train.prepare, which the bench builds its run with
   assert host_memory.applied() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
-  row = bench_table.table([r]).splitlines()[-1]
+  row = table.table([r]).splitlines()[-1]
   assert row.startswith("| `mlp` | Examples | 50 |") and "examples/s" in row
 
 
 def test_peak_matmul_of_the_models_kind():
   """The peak a run is measured against is that of the products its model computes."""
-  assert timing.matmul_kind(Config(dtype="bfloat16")) == "bfloat16 x bfloat16 -> bfloat16"
-  assert timing.matmul_kind(Config(matmul_dtype="bfloat16")) == "bfloat16 x bfloat16 -> float32"
+  assert bench.matmul_kind(Config(dtype="bfloat16")) == "bfloat16 x bfloat16 -> bfloat16"
+  assert bench.matmul_kind(Config(matmul_dtype="bfloat16")) == "bfloat16 x bfloat16 -> float32"
   for kind in ("bfloat16 x bfloat16 -> bfloat16", "bfloat16 x bfloat16 -> float32"):
-    assert timing.peak_matmul(128, repeats=2, kind=kind) > 0
+    assert bench.peak_matmul(128, repeats=2, kind=kind) > 0
 
 
 def test_bench_without_tensorflow(tmp_path):
@@ -63,8 +65,8 @@ def test_bench_without_tensorflow(tmp_path):
   proc = subprocess.run(
       [sys.executable, "launch/bench_without_tensorflow.py", char_text.DEFAULT_TEXT_PATH,
        "--flagfile=experiments/flags/shakespeare_char.flags", "--gpt.num_layers=1", "--gpt.num_heads=2",
-       "--gpt.embed_dim=16", "--block_size=16", "--batch_size=4", "--bench_steps=2", "--warmup_steps_bench=1",
-       "--bench_rounds=1", "--matmul_size=64", f"--compilation_cache_dir={tmp_path}"],
+       "--gpt.embed_dim=16", "--block_size=16", "--batch_size=4", "--bench.steps=2", "--bench.warmup=1",
+       "--bench.rounds=1", "--bench.matmul_size=64", f"--runtime.compilation_cache_dir={tmp_path}"],
       cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import train_in_process
-from experiments import checkpoint, data, feed
-from experiments.config import Config
+from experiments import checkpoint, data, dispatch, feed
+from experiments.config import Config, Runtime
 from experiments.datasets import char_text
 
 
@@ -44,8 +44,8 @@ def test_examples_on_the_device_are_the_tfdata_batches(mnist1d_builder, tfds_dir
 def test_the_feed_is_chosen_by_size(mnist1d_builder, tfds_dir):
   source = data.Source(mnist1d_builder, None, {"x": np.zeros((1, 40), np.float32), "y": np.zeros(1, np.int32)}, None, 10)
   assert isinstance(feed.make(Config(data_dir=tfds_dir), source), feed.Examples)
-  assert isinstance(feed.make(Config(data_dir=tfds_dir, device_data_mb=0.5), source), feed.Streamed)  # 0.64 MB
-  streamed = feed.make(Config(data_dir=tfds_dir, device_data_mb=0, batch_size=300, seed=3), source)
+  assert isinstance(feed.make(Config(data_dir=tfds_dir, runtime=Runtime(device_data_mb=0.5)), source), feed.Streamed)  # 0.64 MB
+  streamed = feed.make(Config(data_dir=tfds_dir, runtime=Runtime(device_data_mb=0), batch_size=300, seed=3), source)
   assert isinstance(streamed, feed.Streamed) and not streamed.resident
   want = data.train_batches(Config(data_dir=tfds_dir, batch_size=300, seed=3), mnist1d_builder, start_step=4)
   items = streamed.items(4, 2)
@@ -98,12 +98,12 @@ def test_audio_windows_on_the_device_stay_inside_one_clip():
 
 
 def test_plan_never_crosses_a_log_eval_or_checkpoint_step():
-  chunks = feed.plan(0, 1000, 250, (100, 250, 0))
+  chunks = dispatch.plan(0, 1000, 250, (100, 250, 0))
   assert chunks[:3] == [(0, 100), (100, 100), (200, 50)]
   assert sum(k for _, k in chunks) == 1000 and all(s + k == t for (s, k), (t, _) in zip(chunks, chunks[1:]))
   assert all((s // p) == ((s + k - 1) // p) for s, k in chunks for p in (100, 250))
-  assert feed.plan(37, 100, 50, (50,)) == [(37, 13), (50, 50)]  # a resumed run: up to the next boundary
-  assert feed.plan(0, 7, 3, ()) == [(0, 3), (3, 3), (6, 1)]
+  assert dispatch.plan(37, 100, 50, (50,)) == [(37, 13), (50, 50)]  # a resumed run: up to the next boundary
+  assert dispatch.plan(0, 7, 3, ()) == [(0, 3), (3, 3), (6, 1)]
 
 
 class _Numbers(feed.Feed):
@@ -117,16 +117,16 @@ class _Numbers(feed.Feed):
 
 
 def test_prefetch_yields_the_planned_items_in_order_and_reraises():
-  chunks = feed.plan(0, 20, 4, ())
-  got = list(feed.Prefetch(_Numbers(), chunks, lambda items: items))
+  chunks = dispatch.plan(0, 20, 4, ())
+  got = list(dispatch.Prefetch(_Numbers(), chunks, lambda items: items))
   assert [(s, k) for s, k, _ in got] == chunks
   np.testing.assert_array_equal(np.concatenate([i["x"][:, 0] for _, _, i in got]), np.arange(20))
-  prefetch = feed.Prefetch(_Numbers(fail_at=8), chunks, lambda items: items)
+  prefetch = dispatch.Prefetch(_Numbers(fail_at=8), chunks, lambda items: items)
   assert next(prefetch)[0] == 0 and next(prefetch)[0] == 4
   with pytest.raises(RuntimeError, match="no data at 8"):
     next(prefetch)
   prefetch.close()
-  early = feed.Prefetch(_Numbers(), feed.plan(0, 10_000, 1, ()), lambda items: items, depth=2)
+  early = dispatch.Prefetch(_Numbers(), dispatch.plan(0, 10_000, 1, ()), lambda items: items, depth=2)
   next(early)
   early.close()  # a consumer that stops early (SIGTERM, NaN) stops the thread
   assert not early._thread.is_alive()  # pylint: disable=protected-access
@@ -161,12 +161,12 @@ def test_device_batches_load_reads_ahead_only_what_fits():
 
 
 def test_dispatch_size_counts_the_products_where_xla_does_not(monkeypatch, tfds_dir):
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import dispatch, train  # pylint: disable=g-import-not-at-top
   config = Config(data_dir=tfds_dir, model="mlp", model_hparams={"features": (32,)}, batch_size=50, steps=100,
                   log_every=25, eval_every=25, checkpoint_every=0)
   assert train.prepare(config).steps.k == 25  # the CPU: XLA's count, a few MFLOP a step
-  monkeypatch.setattr(train, "_xla_counts_products", lambda par: False)  # as on a GPU
-  monkeypatch.setattr(train.Steps, "matmul_flops_per_step", lambda self, k=1: 1e9)
+  monkeypatch.setattr(dispatch, "xla_counts_products", lambda par: False)  # as on a GPU
+  monkeypatch.setattr(dispatch.Steps, "matmul_flops_per_step", lambda self, k=1: 1e9)
   assert train.prepare(config).steps.k == 5  # 1e10 FLOPs a dispatch: 10 steps, the largest divisor of 25 below
 
 
@@ -182,8 +182,8 @@ def _final_params(workdir):
 
 
 def test_dispatch_size_and_data_placement_change_no_number(tmp_path):
-  runs = {"auto": [], "one": ["--steps_per_dispatch=1"], "three": ["--steps_per_dispatch=3"],
-          "streamed": ["--device_data_mb=0"]}
+  runs = {"auto": [], "one": ["--runtime.steps_per_dispatch=1"], "three": ["--runtime.steps_per_dispatch=3"],
+          "streamed": ["--runtime.device_data_mb=0"]}
   summaries = {name: train_in_process(*RUN, *extra, workdir=tmp_path / name) for name, extra in runs.items()}
   assert summaries["auto"]["steps_per_dispatch"] == 25 and summaries["one"]["steps_per_dispatch"] == 1
   assert summaries["auto"]["feed"] == "Examples" and summaries["streamed"]["feed"] == "Streamed"

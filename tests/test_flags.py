@@ -14,7 +14,7 @@ FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
 # --shuffle_buffer: a streamed, shuffled split fills its buffer before the first batch (50,000
 # 2D points: 3 s); the files' shuffling stays on.
 TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0",
-        "--eval_batch_size=100", "--eval_batches=1", "--final_eval_batches=0", "--sample_tokens=20",
+        "--eval_batch_size=100", "--eval_batches=1", "--final_eval_batches=0", "--sample.tokens=20",
         "--shuffle_buffer=1000"]
 # Same models (narrower for the generative ones), smaller batches and samples, where the file's
 # own would be slow on 2 CPU cores.
@@ -23,13 +23,13 @@ SMALLER = {
     "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4"],
     "numbers_to_words_transformer.flags": ["--eval_split=test[:100]"],
     # Diffusion samples through every step at the final evaluation: fewer steps and samples.
-    "ddpm_ring.flags": ["--diffusion_steps=20", "--num_samples=100", "--ddpm_mlp.hidden=32"],
-    "ddpm_grid.flags": ["--diffusion_steps=20", "--num_samples=100", "--ddpm_mlp.hidden=32"],
-    "ddpm_digits.flags": ["--diffusion_steps=20", "--num_samples=4", "--batch_size=8", "--unet.features=8,16",
+    "ddpm_ring.flags": ["--ddpm.diffusion_steps=20", "--sample.count=100", "--ddpm_mlp.hidden=32"],
+    "ddpm_grid.flags": ["--ddpm.diffusion_steps=20", "--sample.count=100", "--ddpm_mlp.hidden=32"],
+    "ddpm_digits.flags": ["--ddpm.diffusion_steps=20", "--sample.count=4", "--batch_size=8", "--unet.features=8,16",
                           "--unet.blocks=1"],
     "wavenet_tones.flags": ["--block_size=256", "--batch_size=2", "--eval_batch_size=2", "--wavenet.dilations=1,2,4"],
-    "gan_ring.flags": ["--num_samples=200"],
-    "gan_grid.flags": ["--num_samples=200"],
+    "gan_ring.flags": ["--sample.count=200"],
+    "gan_grid.flags": ["--sample.count=200"],
     "vae_digits.flags": ["--iwae_samples=10"],
     "vae_mnist1d.flags": ["--iwae_samples=10"],
 }
@@ -75,14 +75,19 @@ def test_every_flag_file_runs_two_steps(path, tmp_path):
     (["--optimizer=adamx"], "adamx"),
     (["--learning_rate=-1"], "learning_rate"),
     (["--schedule=cosinee"], "cosinee"),
-    (["--parallel=vmap"], "vmap"),
+    (["--parallel.mode=vmap"], "vmap"),
     (["--steps=0"], "steps"),
     (["--model=mlp", "--cnn.features=4"], "--cnn.features is set but --model=mlp"),
     (["--model=cnn", "--cnn.features=4,x"], "comma-separated list of int"),
     (["--warmup_steps=10", "--steps=5"], "warmup_steps"),
     (["--data_dir=/no/such/dir"], "does not exist"),
     (["--dataset=char_text", "--text_path=/no/such/input.txt"], "--text_path"),
-    (["--mask_rate=0"], "mask_rate"),
+    (["--objective=mlm", "--mlm.mask_rate=0"], "MaskedLM.mask_rate must be in (0, 1)"),
+    (["--gan.loss=hinge"], "--gan.loss is set but --objective=classification"),
+    (["--objective=gan", "--gan.loss=least_squares"], "Adversarial.loss"),
+    (["--learning_rate=inf"], "finite"),
+    (["--runtime.device_data_mb=nan"], "finite"),
+    (["--sample.top_k=-1"], "--sample.top_k"),
     (["--model=gpt", "--gpt.attention=sparse"], "sparse"),
     (["--model=gpt", "--gpt.attention_kernel=cudnn"], "--dtype=bfloat16"),
 ])
@@ -101,12 +106,18 @@ def test_unknown_flag_is_rejected():
     (["--dataset=mnist_one_dee"], "unknown dataset"),
     (["--model=cnn", "--cnn.activation=relux"], "relux"),
     (["--model=rnn", "--rnn.cell=transformer"], "transformer"),
+    (["--learning_rate=abc"], "--learning_rate=abc"),
+    (["--optimizer=adamx"], "--optimizer=adamx: value should be one of <sgd|momentum"),
+    (["--learning_rat=1"], "Unknown command line flag 'learning_rat'"),
+    (["--cnn.features=4,x"], "--cnn.features=4,x"),
+    (["--log_every=0"], "--log_every=0 must be >= 1"),
+    (["stray"], "unexpected arguments: stray"),
 ])
-def test_cli_reports_bad_input_without_a_traceback(args, message, tmp_path):
+def test_cli_reports_bad_input_in_one_line(args, message, tmp_path):
   proc = run_cli(*args, f"--workdir={tmp_path}", "--steps=1", check=False)
-  assert proc.returncode != 0
-  assert message in proc.stderr
-  assert "Traceback" not in proc.stderr
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints" / "1")
   assert not os.path.exists(tmp_path / "flags.flags")  # nothing written for a rejected run
 
@@ -135,3 +146,30 @@ def test_default_run_writes_everything(tmp_path):
   summary2 = json.loads((again / "summary.json").read_text())
   assert summary2["eval/accuracy"] == summary["eval/accuracy"]
   assert summary2["eval/loss"] == summary["eval/loss"]
+
+
+def test_help_lists_the_training_flags_grouped_and_exits_0():
+  """`--help` shows the run's own flags, by group, with the values a flag file gives them, and
+  the chosen model's and objective's hyperparameters; `--helpfull` still lists every flag."""
+  proc = run_cli("--flagfile=experiments/flags/gan_ring.flags", "--help", check=False)
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  headers = ["Data:", "Model:", "Model hyperparameters of --model=gan_mlp", "Objective:",
+             "Objective hyperparameters of --objective=gan", "Optimizer:", "Loop:", "Precision:", "--sample.*",
+             "--parallel.*", "--runtime.*", "--distributed.*"]
+  positions = [out.index(h) for h in headers]
+  assert positions == sorted(positions)
+  for line in ("  --dataset=mixture2d/ring", "  --gan.r1_weight=0.1", "  --gan_mlp.hidden=128", "  --learning_rate=",
+               "  --sample.count=2500", "  --workdir="):
+    assert line in out, line
+  assert "--cnn." not in out and "--elbo." not in out  # only the chosen model's and objective's
+  assert "--verbosity" not in out  # nor the libraries' flags (absl.logging's)
+  full = run_cli("--helpfull", check=False)
+  assert "--verbosity" in full.stdout and "--cnn.features" in full.stdout
+
+
+@pytest.mark.parametrize("module", ["experiments.sample", "experiments.bench", "experiments.sample_quality",
+                                    "experiments.bench.eval_spread", "experiments.bench.attention"])
+def test_every_command_has_help(module):
+  proc = run_cli("--help", module=module, check=False)
+  assert proc.returncode == 0 and "python -m " + module in proc.stdout, proc.stdout + proc.stderr

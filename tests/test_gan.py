@@ -124,7 +124,7 @@ def test_each_player_gets_the_gradient_of_its_own_loss(gan_loss, r1_weight, pack
   x = _points(8)
   variables = _init(model, x)
   rng = _key(7)
-  objective = gan.Adversarial(gan_loss=gan_loss, r1_weight=r1_weight, gp_weight=5.0, pack=pack)
+  objective = gan.Adversarial(loss=gan_loss, r1_weight=r1_weight, gp_weight=5.0, pack=pack)
 
   def loss(params):
     out = objective(_apply(model, variables, params=params), {"x": x, "y": jnp.zeros(8, jnp.int32)}, rng)
@@ -157,7 +157,7 @@ def test_penalties_of_a_linear_critic(pack):
   variables = _init(model, x)
   w = jnp.array([0.3, 0.4, -1.2, 0.5][:2 * pack])[:, None]
   params = {**variables["params"], "discriminator": {"Dense_0": {"kernel": w, "bias": jnp.array([0.7])}}}
-  objective = gan.Adversarial(gan_loss="wgan_gp", gp_weight=2.0, r1_weight=3.0, pack=pack)
+  objective = gan.Adversarial(loss="wgan_gp", gp_weight=2.0, r1_weight=3.0, pack=pack)
   out = jax.jit(lambda: objective(_apply(model, variables, params=params), {"x": x, "y": jnp.zeros(4, jnp.int32)},
                                   _key(0)))()
   norm = float(jnp.linalg.norm(w))
@@ -207,8 +207,8 @@ def test_packed_discriminator_sees_pairs():
 
 
 def test_bad_settings_raise():
-  with pytest.raises(ValueError, match="Adversarial.gan_loss"):
-    gan.Adversarial(gan_loss="least_squares")
+  with pytest.raises(ValueError, match="Adversarial.loss"):
+    gan.Adversarial(loss="least_squares")
   with pytest.raises(ValueError, match="Adversarial.pack"):
     gan.Adversarial(pack=0)
   with pytest.raises(ValueError, match="gp_weight"):
@@ -233,7 +233,7 @@ def test_dcgan_batch_norm_state_and_eval():
   images = jax.random.uniform(_key(1), (4, 8, 8, 1))
   variables = _init(model, images)
   batch = {"x": images, "y": jnp.zeros(4, jnp.int32)}
-  objective = gan.Adversarial(gan_loss="hinge", r1_weight=1.0)
+  objective = gan.Adversarial(loss="hinge", r1_weight=1.0)
 
   def run(variables):
     apply = _apply(model, variables)

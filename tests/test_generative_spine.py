@@ -15,8 +15,9 @@ import tensorflow_datasets as tfds
 import nets
 
 from conftest import FLAGS_DIR, ROOT, run_cli
-from experiments import data, quality, samples, train
-from experiments.config import Config, ConfigError
+from experiments import build, data, samples, train
+from experiments import sample_quality as quality
+from experiments.config import Config, ConfigError, Sample
 from nets.apply import Apply
 
 
@@ -65,7 +66,7 @@ def test_image_grid_and_wav(tmp_path):
 def _gan_config(**kw):
   base = dict(dataset="mixture2d/ring", model="gan_mlp", objective="gan", model_hparams={"hidden": 16, "depth": 1},
               batch_size=64, eval_batch_size=500, steps=3, log_every=1, eval_every=0, checkpoint_every=0,
-              num_samples=300, b1=0.5, shuffle_buffer=1000)  # a small buffer: 3 s less to fill
+              sample=Sample(count=300), b1=0.5, shuffle_buffer=1000)  # a small buffer: 3 s less to fill
   base.update(kw)
   return Config(**base)
 
@@ -76,8 +77,8 @@ def test_each_player_has_its_own_optimizer(tmp_path):
   batch = next(data.batches(_gan_config(shuffle=False), source))  # one batch for both configurations
   for lr, d_lr, moves, stays in ((0.0, 1e-2, "discriminator", "generator"), (1e-2, 1e-9, "generator", None)):
     config = _gan_config(learning_rate=lr, discriminator_learning_rate=d_lr)
-    model, objective, tx, schedule = train.build(config, source)
-    state = train.init_state(model, tx, source.example, jax.random.key(0), None)
+    model, objective, tx, schedule, _ = build.build(config, source)
+    state = build.init_state(model, tx, source.example, jax.random.key(0), None)
     new, _ = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), model=model, objective=objective,
                                                    tx=tx, schedule=schedule))(state, batch)
     change = {k: max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state.params[k]),
@@ -131,7 +132,8 @@ def test_sample_quality_scores_a_generator_with_a_trained_classifier(tmp_path, m
 CATALOG_FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "catalog", "*.flags")))
 # Same families, narrower, to keep compilation short.
 CATALOG_SMALLER = {"wavenet_speech_commands.flags": ["--wavenet.dilations=1,2,4"],
-                   "dcgan_mnist.flags": ["--dcgan.features=16"]}
+                   "dcgan_mnist.flags": ["--dcgan.features=16"],
+                   "vae_binarized_mnist.flags": ["--elbo.iwae_samples=4"]}
 
 
 @pytest.mark.parametrize("path", CATALOG_FLAG_FILES, ids=os.path.basename)
@@ -139,8 +141,7 @@ def test_catalog_flag_files_run_two_steps_on_mock_data(path, tmp_path, monkeypat
   """Flag files for TFDS catalog datasets (which need internet) run on mock data of their features."""
   from test_flags import TINY, parse
   monkeypatch.chdir(ROOT)
-  small = ["--batch_size=8", "--eval_batch_size=8", "--num_samples=4", "--iwae_samples=4", "--block_size=16",
-           "--eval_batches=1"]
+  small = ["--batch_size=8", "--eval_batch_size=8", "--sample.count=4", "--block_size=16", "--eval_batches=1"]
   config = parse(f"--flagfile={path}", *TINY, *small, *CATALOG_SMALLER.get(os.path.basename(path), []))
   with tfds.testing.mock_data(num_examples=32):
     summary = train.train_and_evaluate(config, str(tmp_path))

@@ -93,7 +93,7 @@ def test_catalog_tiny_shakespeare_trains_with_mock_data(tmp_path):
 def test_gpt_run_writes_samples_and_the_cli_samples_from_it(tmp_path):
   proc = run_cli("--flagfile=experiments/flags/shakespeare_char_gpt_cpu.flags", f"--workdir={tmp_path}",
                  "--steps=20", "--warmup_steps=5", "--log_every=10", "--eval_every=10", "--eval_batches=2", "--final_eval_batches=0",
-                 "--gpt.num_layers=1", "--sample_tokens=30")
+                 "--gpt.num_layers=1", "--sample.tokens=30")
   assert "tok/s" in proc.stdout
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["train_tokens_per_sec"] > 0 and summary["eval/loss"] < 4.2  # below uniform, log(65)

@@ -85,7 +85,7 @@ def test_sbatch_script_and_tpu_commands(tmp_path):
                              "--project=proj", "--worker=all"]
   assert commands[0][9] == ("--command=cd ~/nets && python3 -m experiments.run "
                             "--flagfile=experiments/flags/mnist1d_logreg.flags --learning_rate=0.1 --seed=0 "
-                            "--workdir=/mnt/runs/learning_rate=0.1,seed=0 --distributed=on")
+                            "--workdir=/mnt/runs/learning_rate=0.1,seed=0 --distributed.mode=on")
   with pytest.raises(SweepError, match="--tpu and --zone"):
     backends.tpu_commands(planned, "/mnt/runs", backends.TpuOptions())
 

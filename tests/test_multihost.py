@@ -1,7 +1,7 @@
 """Multi-process runs (jax.distributed over gloo on CPU) and parameters sharded over "fsdp":
 
 - 2 processes give the parameters of 1 process on the same global batch;
-- --mesh=data:2,fsdp:2 on 4 fake devices gives the parameters of 1 device;
+- --parallel.mesh=data:2,fsdp:2 on 4 fake devices gives the parameters of 1 device;
 - its checkpoint (saved split over 4 devices) resumes on 1 device and on 2 processes (under
   pmap), and both end where the uninterrupted run ends;
 - a process that dies makes the other stop with a clear error, soon.
@@ -36,7 +36,8 @@ def start_processes(args, n=2, extra=()):
   port = free_port()
   env = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # one CPU device per process
   return [subprocess.Popen([sys.executable, "-m", "experiments.run", *args, *extra,
-                            f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={i}"],
+                            f"--distributed.coordinator_address=localhost:{port}", f"--distributed.num_processes={n}",
+                            f"--distributed.process_id={i}"],
                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for i in range(n)]
 
@@ -82,8 +83,8 @@ def test_processes_meshes_and_checkpoints_agree(tmp_path, capsys):
   assert "2 process(es), 2 device(s)" in out
   assert_same(ref, two)
 
-  out = run_cli(*RUN, "--mesh=data:2,fsdp:2", f"--workdir={fsdp}", env=FOUR_DEVICES).stdout
-  assert "4 device(s), --parallel=jit, mesh data:2,fsdp:2" in out
+  out = run_cli(*RUN, "--parallel.mesh=data:2,fsdp:2", f"--workdir={fsdp}", env=FOUR_DEVICES).stdout
+  assert "4 device(s), --parallel.mode=jit, mesh data:2,fsdp:2" in out
   assert "fsdp: 2 of " in out, out  # the two weight matrices of at least 1024 elements (40x100, 100x100)
   assert_same(ref, fsdp)
 
@@ -97,15 +98,15 @@ def test_processes_meshes_and_checkpoints_agree(tmp_path, capsys):
 
   procs = str(tmp_path / "resumed_on_2_processes")  # and under pmap rather than jit
   rewind(fsdp, procs)
-  out = run_processes([*RUN, "--parallel=pmap", f"--workdir={procs}"])
-  assert "Resumed from the checkpoint at step 10" in out and "--parallel=pmap" in out
+  out = run_processes([*RUN, "--parallel.mode=pmap", f"--workdir={procs}"])
+  assert "Resumed from the checkpoint at step 10" in out and "--parallel.mode=pmap" in out
   assert_same(ref, procs)
 
 
 def test_a_dead_process_stops_the_run(tmp_path):
   workdir = str(tmp_path / "run")
   args = [*RUN, "--steps=1000000", "--log_every=100", "--checkpoint_every=0", f"--workdir={workdir}"]
-  chief, other = start_processes(args, extra=["--heartbeat_timeout=10"])
+  chief, other = start_processes(args, extra=["--distributed.heartbeat_timeout=10"])
   try:
     # Wait until the processes train together (process 0 prints progress lines).
     deadline = time.time() + 120

@@ -15,13 +15,13 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from experiments import checkpoint, train
-    from experiments.config import Config, ConfigError
+    from experiments.config import Config, ConfigError, Parallel, Sample
 
     assert jax.device_count() == 4, jax.devices()
     workdir = sys.argv[1]
     results = {}
     text = dict(dataset="char_text", eval_split="validation", objective="lm", block_size=16, eval_batches=2,
-                sample_tokens=0)  # character-level Tiny Shakespeare
+                sample=Sample(tokens=0))  # character-level Tiny Shakespeare
     gpt = {"num_layers": 1, "num_heads": 2, "embed_dim": 16}
     for name, model, hparams, data in [  # the spine is the same for every family: an MLP and a GPT
         ("mlp", "mlp", {"features": (32, 32)}, {}), ("gpt", "gpt", gpt, text),
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
       params = {}
       for mode, n in [("jit", 1), ("jit", 4), ("pmap", 4)]:
         run = f"{workdir}/{name}-{mode}{n}"
-        summary = train.train_and_evaluate(base.replace(parallel=mode, num_devices=n), run)
+        summary = train.train_and_evaluate(base.replace(parallel=Parallel(mode, n)), run)
         state = checkpoint.Checkpoints(run + "/checkpoints").restore_raw()
         params[f"{mode}{n}"] = (jax.tree.leaves(state["params"]), summary["eval/loss"])
       ref, ref_loss = params["jit1"]
@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent("""
           for name, (leaves, loss) in params.items()}
     # The matrix products of one step of the whole batch, however it is split (a pmap's body
     # is one device's share, counted once for each device).
-    results["matmul_flops"] = {f"{mode}{n}": train.prepare(Config(batch_size=32, parallel=mode, num_devices=n))
+    results["matmul_flops"] = {f"{mode}{n}": train.prepare(Config(batch_size=32, parallel=Parallel(mode, n)))
                                .steps.matmul_flops_per_step(1) for mode, n in [("jit", 1), ("jit", 4), ("pmap", 4)]}
     try:
       train.train_and_evaluate(Config(batch_size=30, steps=1), workdir + "/bad")

@@ -10,7 +10,8 @@ import pytest
 
 import nets
 from conftest import train_in_process
-from experiments import optim, train
+from experiments import build, optim, train
+from experiments.config import Config
 from nets.apply import Apply
 
 GPT = dict(vocab_size=11, max_len=16, num_layers=2, num_heads=2, embed_dim=16)
@@ -47,13 +48,14 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
   tokens, rng = _tokens(), jax.random.key(1)
   batch = {"x": tokens[:, :-1], "y": tokens[:, 1:]}
   tx = optim.optimizer("adamw", 1e-2)
-  state = train.init_state(model, tx, batch, jax.random.key(0))
+  state = build.init_state(model, tx, batch, jax.random.key(0))
   step = functools.partial(train.train_step, model=model, objective=nets.objectives.LanguageModel(), tx=tx,
                            schedule=lambda s: 1e-2)
-  jaxpr = str(jax.make_jaxpr(functools.partial(step, dtype=jnp.bfloat16))(state, batch, rng))
+  mixed = functools.partial(step, call=build.model_call(model, Config(dtype="bfloat16"), "cpu"))
+  jaxpr = str(jax.make_jaxpr(mixed)(state, batch, rng))
   assert "bf16" in jaxpr and "dot_general" in jaxpr
   assert "bf16" not in str(jax.make_jaxpr(step)(state, batch, rng))
-  f32, bf16 = jax.jit(step), jax.jit(functools.partial(step, dtype=jnp.bfloat16))
+  f32, bf16 = jax.jit(step), jax.jit(mixed)
   s32, m32 = f32(state, batch, rng)
   s16, m16 = bf16(state, batch, rng)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((s16.params, s16.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating))
@@ -81,7 +83,8 @@ def test_apply_casts_inputs_and_parameters_and_returns_float32():
   spy = _Spy(features=(8,), num_outputs=3)
   params = spy.init(jax.random.key(0), x)["params"]
   _SEEN.clear()
-  out = Apply(spy, params, {}, jax.random.key(0), train=False, dtype=jnp.bfloat16)(x)
+  out = Apply(spy, params, {}, jax.random.key(0), train=False,
+              call=build.model_call(spy, Config(model="mlp", dtype="bfloat16"), "cpu"))(x)
   assert _SEEN == [jnp.bfloat16] and out.dtype == jnp.float32
   assert Apply(spy, params, {}, jax.random.key(0), train=False)(x).dtype == jnp.float32 and _SEEN[-1] == jnp.float32
 

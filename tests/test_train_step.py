@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nets
-from experiments import optim, train
+from experiments import build, optim, train
 
 
 def _fit(model_name, objective, batch, optimizer="adam", steps=60, lr=1e-2, **opt_kwargs):
@@ -16,7 +16,7 @@ def _fit(model_name, objective, batch, optimizer="adam", steps=60, lr=1e-2, **op
                       num_outputs=batch["y"].shape[-1] if batch["y"].ndim > 1 else 3)
   schedule = optim.schedule("constant", lr, steps)
   tx = optim.optimizer(optimizer, schedule, **opt_kwargs)
-  state = train.init_state(model, tx, batch, jax.random.key(0), None)
+  state = build.init_state(model, tx, batch, jax.random.key(0), None)
   step = jax.jit(functools.partial(train.train_step, model=model, objective=objective, tx=tx, schedule=schedule))
   losses = []
   for _ in range(steps):
@@ -62,7 +62,7 @@ def test_norms_are_computed_after_the_logged_steps_only():
   model = nets.create("mlp", features=(16,), num_outputs=3)
   schedule = optim.schedule("constant", 1e-2, 7)
   tx = optim.optimizer("adam", schedule)
-  state = train.init_state(model, tx, batch, jax.random.key(0), None)
+  state = build.init_state(model, tx, batch, jax.random.key(0), None)
   step = functools.partial(train.train_step, model=model, objective=nets.objectives.Classification(), tx=tx,
                            schedule=schedule)
   every, sparse = jax.jit(step), jax.jit(functools.partial(step, norms_every=3, last_step=7))
@@ -96,7 +96,7 @@ def test_dropout_randomness_is_folded_with_the_step():
   schedule = optim.schedule("constant", 0.0, 10)  # lr 0: params never change
   tx = optim.optimizer("sgd", schedule)
   batch = _classification_batch()
-  state = train.init_state(model, tx, batch, jax.random.key(0), None)
+  state = build.init_state(model, tx, batch, jax.random.key(0), None)
   step = jax.jit(functools.partial(train.train_step, model=model, objective=nets.objectives.Classification(),
                                    tx=tx, schedule=schedule))
   _, m1 = step(state, batch, jax.random.key(1))
@@ -109,7 +109,7 @@ def test_dropout_randomness_is_folded_with_the_step():
 def test_eval_step_ignores_masked_examples():
   model = nets.create("logreg", num_outputs=3)
   batch = _classification_batch()
-  state = train.init_state(model, optim.optimizer("sgd", 0.1), batch, jax.random.key(0), None)
+  state = build.init_state(model, optim.optimizer("sgd", 0.1), batch, jax.random.key(0), None)
   full = train.eval_step(state, {**batch, "mask": jnp.ones(32)}, jax.random.key(0), model=model,
                          objective=nets.objectives.Classification())
   half = {k: np.concatenate([v[:16], np.zeros_like(v[:16])]) for k, v in batch.items()}

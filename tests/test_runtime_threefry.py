@@ -25,7 +25,7 @@ def loops(key):  # in the draws' own program
 
 key = jax.random.key(2026)
 before, loops_before = jax.jit(draws)(key), loops(key)
-from experiments import threefry_cpu
+from experiments.runtime import threefry as threefry_cpu
 assert threefry_cpu.unroll() and threefry_cpu.unroll()  # a second call is harmless
 jax.clear_caches()
 after, loops_after = jax.jit(draws)(key), loops(key)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from experiments import host_memory
+from experiments.runtime import host_memory
 
 # Allocates, fills and frees a 64 MiB block (above any mmap threshold of glibc's) 6 times and
 # prints the page faults of the last 5: before keep_freed, after it, after fitting a small
@@ -17,7 +17,7 @@ from experiments import host_memory
 # fitting one above 1/64 of physical memory (handed back to mmap).
 _SCRIPT = r"""
 import ctypes, resource, sys
-from experiments import host_memory
+from experiments.runtime import host_memory
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -63,7 +63,7 @@ def test_freed_pages_are_reused():
 _HUGE = r"""
 import ctypes, os, resource
 print("start", flush=True)
-from experiments import host_memory
+from experiments.runtime import host_memory
 on = host_memory.use_huge_pages()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)

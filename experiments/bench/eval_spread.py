@@ -1,6 +1,6 @@
 """How precise is a language model's validation loss? Re-estimate it from a run's checkpoint.
 
-    python -m experiments.eval_spread --workdir=RUN [--windows=240 --draws=50 --seed=99]
+    python -m experiments.bench.eval_spread --workdir=RUN [--windows=240 --draws=50 --seed=99]
 
 Draws `draws` x `windows` fresh random validation windows of the run's block size and prints
 the mean loss over all of them (with its standard error) and the spread of the
@@ -10,36 +10,43 @@ the mean loss over all of them (with its standard error) and the spread of the
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from experiments import runtime
 
-flags.DEFINE_string("workdir", None, "A language-model run directory (flags.flags, checkpoints/).", required=True)
-flags.DEFINE_integer("windows", 240, "Windows per estimate.", lower_bound=1)
-flags.DEFINE_integer("draws", 50, "Estimates drawn.", lower_bound=2)
-flags.DEFINE_integer("seed", 99, "Seed of the windows.")
+if __name__ == "__main__":
+  runtime.program_start()
+
+from absl import flags
+
+from experiments import build, cli
+from experiments.config import ConfigError
+
 FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  import jax  # pylint: disable=g-import-not-at-top  (after flag parsing)
+def define_flags() -> None:
+  """The command's flags (defined by the command only, so that the module imports as a library)."""
+  flags.DEFINE_string("workdir", None, "A language-model run directory (flags.flags, checkpoints/).", required=True)
+  flags.DEFINE_integer("windows", 240, "Windows per estimate.", lower_bound=1)
+  flags.DEFINE_integer("draws", 50, "Estimates drawn.", lower_bound=2)
+  flags.DEFINE_integer("seed", 99, "Seed of the windows.")
+
+
+def main() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from experiments import config as config_lib, train  # pylint: disable=g-import-not-at-top
 
-  try:
-    config, source, model, _, params, _ = train.restore(FLAGS.workdir)
-  except config_lib.ConfigError as e:
-    raise app.UsageError(str(e)) from None
-  if config.objective != "lm":
-    raise app.UsageError(f"--workdir={FLAGS.workdir} is not a language model (--objective={config.objective})")
+  run = build.restore(FLAGS.workdir)
+  config, model, params = run.config, run.model, run.params
+  if config.objective != "lm" or run.source.text is None:
+    raise ConfigError(f"--workdir={FLAGS.workdir} is not a language model of text (--objective={config.objective})")
 
   @jax.jit
   def window_losses(x, y):
     logits = model.apply({"params": params}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(np.float32), y).mean(-1)
 
-  text, split = source.text, config.eval_split
+  text, split = run.source.text, config.eval_split
   rng = np.random.default_rng(FLAGS.seed)
   estimates, losses = [], []
   for _ in range(FLAGS.draws):
@@ -53,6 +60,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from experiments import tf_import  # pylint: disable=g-import-not-at-top
-  tf_import.without_keras()
-  app.run(main)
+  define_flags()
+  cli.run(main, __doc__)

@@ -1,4 +1,8 @@
-"""Timing the training step: what `python -m experiments.bench` measures (see its docstring)."""
+"""Benchmarks: the training step of any flag file (`python -m experiments.bench`, this
+package's `bench()`), attention (`experiments.bench.attention`), a table of results
+(`experiments.bench.table`), and how precise a language model's loss estimate is
+(`experiments.bench.eval_spread`). docs/benchmarks.md says how they are used and what they
+measured."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import time
 from typing import Any
 
 from experiments import config as config_lib
-from experiments import host_memory
+from experiments.runtime import host_memory, threefry
 
 
 def matmul_kind(config: config_lib.Config) -> str:
@@ -58,35 +62,35 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   of `k` steps, `--steps_per_dispatch`); returns the figures of the module docstring of
   `experiments.bench`."""
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import feed as feed_lib, train  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
 
   run = train.prepare(config)  # as experiments.run builds it
-  par, source, feed, state, compiled = run.par, run.source, run.feed, run.state, run.steps
-  k = compiled.k
-  steps_fn = compiled.executable(k)
-  compile_s = compiled.compile_s
-  flops = _flops(steps_fn) if config.parallel == "jit" else compiled.flops_per_step(k)
-  products = compiled.matmul_flops_per_step(k)
+  par, source, feed, state, steps = run.par, run.source, run.feed, run.state, run.steps
+  k = steps.k
+  steps.executable(k)
+  compile_s = steps.compile_s
+  flops = _flops(steps.executable(k)) if config.parallel.mode == "jit" else steps.flops_per_step(k)
+  products = steps.matmul_flops_per_step(k)
   chunks = max(3, math.ceil(steps / k))  # at least 3 dispatches each way
   peak_before = peak_matmul(matmul_size, kind=matmul_kind(config))  # and after the steps: the faster (one can meet a busy core)
 
   step = 0
 
-  def items():
+  def span():
     nonlocal step
-    placed = par.put_items(feed.items(step, k))
+    placed = steps.span(step, k)
     step += k
     return placed
 
   for _ in range(max(1, math.ceil(warmup / k))):
-    state, _ = steps_fn(state, run.resident, items(), run.step_key)
+    state, _ = steps(state, span())
   jax.block_until_ready(state)
   step_s, input_s = [], []
   for _ in range(chunks):  # each dispatch waited for: its items, then its steps
     t0 = time.perf_counter()
-    placed = jax.block_until_ready(items())
+    placed = jax.block_until_ready(span())
     t1 = time.perf_counter()
-    state, metrics = steps_fn(state, run.resident, placed, run.step_key)
+    state, metrics = steps(state, placed)
     jax.block_until_ready((state, metrics))
     t2 = time.perf_counter()
     input_s.append((t1 - t0) / k)
@@ -99,24 +103,23 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   round_chunks = max(chunks, min(MAX_ROUND_DISPATCHES, math.ceil(MIN_ROUND_S / (k * statistics.median(step_s)))))
   compute, loop = [], []
   for r in range(rounds):
-    staged = [items() for _ in range(round_chunks)]
+    staged = [span() for _ in range(round_chunks)]
     jax.block_until_ready((state, staged))
     trace = jax.profiler.trace(profile_dir) if profile_dir and r == 0 else contextlib.nullcontext()
     with trace:
       t = time.perf_counter()
       for placed in staged:
-        state, _ = steps_fn(state, run.resident, placed, run.step_key)
+        state, _ = steps(state, placed)
       jax.block_until_ready(state)
       compute.append((time.perf_counter() - t) / (round_chunks * k))
     del staged
-    prefetch = feed_lib.Prefetch(feed, [(step + i * k, k) for i in range(round_chunks)], par.put_items)
-    step += round_chunks * k
-    t = time.perf_counter()
-    for _, _, placed in prefetch:
-      state, _ = steps_fn(state, run.resident, placed, run.step_key)
-    jax.block_until_ready(state)
-    loop.append((time.perf_counter() - t) / (round_chunks * k))
-    prefetch.close()
+    with steps.spans(step, [(step + i * k, k) for i in range(round_chunks)]) as prefetched:
+      step += round_chunks * k
+      t = time.perf_counter()
+      for placed in prefetched:
+        state, _ = steps(state, placed)
+      jax.block_until_ready(state)
+      loop.append((time.perf_counter() - t) / (round_chunks * k))
   compute_s, loop_s = min(compute), min(loop)
 
   median_step, median_input = statistics.median(step_s), statistics.median(input_s)
@@ -140,6 +143,7 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "host_memory_kept": host_memory.applied(),
       "huge_pages": host_memory.huge_pages(),
+      "threefry_unrolled": threefry.applied(),
   }
   result["fraction_of_peak"] = result["gflops_per_s"] / peak if flops else None
   products_rate = products / median_step / 1e9

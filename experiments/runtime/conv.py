@@ -1,34 +1,30 @@
-"""Convolution whose gradients are fast on XLA's CPU, for nn.Conv.
+"""Convolutions computed the way XLA's CPU backend runs fast, and the rule that puts them in
+place of a model's convolutions (`experiments.runtime.rewrite`).
 
-`conv_general_dilated` has the signature of `lax.conv_general_dilated` and computes the same
-thing; pass it to a Flax convolution (`nn.Conv(..., conv_general_dilated=conv_general_dilated)`).
-For channels-last convolutions without input dilation or feature groups (what `nn.Conv`
-builds):
+The rule takes channels-last convolutions without input dilation or feature groups (what
+`nn.Conv` builds) and computes the same values:
 
-- in 1D, when JAX's default backend is the CPU, the convolution and both its derivatives
-  are matrix products over the input's windows (`_conv1d`): the forward pass multiplies the
-  K windows, side by side, with the [K x Cin, Cout] kernel; the kernel gradient contracts
-  the same windows with the output gradient; the input gradient multiplies the output
-  gradient with the kernel and adds each window's part back where it came from. XLA's CPU
-  convolutions ran the MNIST-1D CNN's small 1D layers at 30-50 GFLOP/s; as products its
-  step is 13% faster.
-- otherwise (2D and more, or off the CPU), its derivatives are written out as two more
-  channels-last convolutions: the input gradient convolves the output gradient with the
-  flipped kernel, the kernel gradient convolves the input (batch as channels) with the
-  output gradient. JAX's own derivatives swap the roles of the batch and channel
-  dimensions instead, which XLA's CPU backend turns back into fast convolutions only at the
-  top level of a program: inside a loop (the training loop's `lax.scan` over steps) they
-  ran 3-8 times slower.
+- in 1D, the convolution and both its derivatives are matrix products over the input's
+  windows (`_conv1d`): the forward pass multiplies the K windows, side by side, with the
+  [K x Cin, Cout] kernel; the kernel gradient contracts the same windows with the output
+  gradient; the input gradient multiplies the output gradient with the kernel and adds each
+  window's part back where it came from;
+- in 2D and more, its derivatives are written out as two more channels-last convolutions:
+  the input gradient convolves the output gradient with the flipped kernel, the kernel
+  gradient convolves the input (batch as channels) with the output gradient. JAX's own
+  derivatives swap the roles of the batch and channel dimensions instead, which XLA's CPU
+  backend turns back into fast convolutions only at the top level of a program: inside a
+  loop (the training loop's `lax.scan` over steps) they run many times slower.
 
-Anything else falls back to `lax.conv_general_dilated`.
+What it buys is measured in docs/benchmarks.md (the MNIST-1D paper CNN's step, the 8x8
+digits CNN's). Anything else keeps `lax.conv_general_dilated`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -122,16 +118,24 @@ def _backward(strides, padding, dilation, residuals, g):
 _channels_last_conv.defvjp(_forward, _backward)
 
 
+def _simple(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
+            preferred_element_type) -> bool:
+  """Whether the convolution is one this module computes: channels last, no input dilation,
+  no feature or batch groups, default precision and result type."""
+  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return (dims == _channels_last(lhs.ndim) and tuple(lhs_dilation or (1,) * (lhs.ndim - 2)) == (1,) * (lhs.ndim - 2)
+          and feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
+          and precision is None)
+
+
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, with channels-last derivatives where it can (module docstring)."""
+  """`lax.conv_general_dilated`, computed as the module docstring says where it can."""
   nd = lhs.ndim - 2
   ones = (1,) * nd
-  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  simple = (dims == _channels_last(lhs.ndim) and tuple(lhs_dilation or ones) == ones and feature_group_count == 1
-            and batch_group_count == 1 and preferred_element_type is None and precision is None)
-  if not simple:
+  if not _simple(lhs, rhs, lhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
+                 preferred_element_type):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count, batch_group_count, precision, preferred_element_type)
   dilation = tuple(rhs_dilation or ones)
@@ -139,14 +143,19 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
     reach = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:nd], dilation)]
     padding = lax.padtype_to_pads(lhs.shape[1:-1], reach, window_strides, padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if nd == 1 and jax.default_backend() == "cpu" and min(padding[0]) >= 0:
+  if nd == 1 and min(padding[0]) >= 0:
     reach = (rhs.shape[0] - 1) * dilation[0] + 1
     if lhs.shape[1] + sum(padding[0]) >= reach:  # at least one output position
       return _conv1d(lhs, rhs, int(window_strides[0]), padding[0], dilation[0])
   return _channels_last_conv(lhs, rhs, tuple(window_strides), padding, dilation)
 
 
-class Conv(nn.Conv):
-  """`nn.Conv` (same parameters, same names) computed by `conv_general_dilated` above."""
-
-  conv_general_dilated: Any = conv_general_dilated
+def rule(invals, params):
+  """The rewrite rule of `conv_general_dilated` equations (experiments.runtime.rewrite)."""
+  lhs, rhs = invals
+  if not _simple(lhs, rhs, params["lhs_dilation"], params["dimension_numbers"], params["feature_group_count"],
+                 params["batch_group_count"], params["precision"], params["preferred_element_type"]):
+    return None
+  return [conv_general_dilated(lhs, rhs, params["window_strides"], params["padding"], params["lhs_dilation"],
+                               params["rhs_dilation"], params["dimension_numbers"], params["feature_group_count"],
+                               params["batch_group_count"], params["precision"], params["preferred_element_type"])]

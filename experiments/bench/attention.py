@@ -1,6 +1,6 @@
 """Benchmark causal attention: dense against the Sparse Transformer's strided and fixed patterns.
 
-    python -m experiments.bench_attention [--lengths=256,512,1024,2048,4096]
+    python -m experiments.bench.attention [--lengths=256,512,1024,2048,4096]
         [--batch=1 --heads=4 --head_dim=32] [--summary=1] [--repeats=5] [--json=PATH]
 
 For each length n, with block = the power of two nearest sqrt(n), it times one jitted
@@ -20,10 +20,12 @@ import os
 import statistics
 import time
 
-from absl import app, flags, logging
+from absl import flags
 import jax
 import numpy as np
 
+from experiments import cli
+from experiments.config import ConfigError
 from nets import sparse_attention
 
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "512", "1024", "2048", "4096"], "Sequence lengths.")
@@ -65,21 +67,17 @@ def measure(pattern: str, shape: tuple[int, ...], block: int, summary: int, repe
   return 1e3 * statistics.median(times), mib
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:  # our table, not every library's INFO logs
-    logging.set_verbosity(logging.WARNING)
+def main() -> None:
   try:
     lengths = [int(n) for n in _LENGTHS.value]
   except ValueError:
-    raise app.UsageError(f"--lengths must be integers, got {','.join(_LENGTHS.value)}") from None
+    raise ConfigError(f"--lengths must be integers, got {','.join(_LENGTHS.value)}") from None
   if _REPEATS.value < 1:
-    raise app.UsageError(f"--repeats must be >= 1, got {_REPEATS.value}")
+    raise ConfigError(f"--repeats must be >= 1, got {_REPEATS.value}")
   blocks = {n: nearest_power_of_two(math.sqrt(n)) for n in lengths}
   for n, block in blocks.items():
     if n % block or not 1 <= _SUMMARY.value <= block:
-      raise app.UsageError(f"length {n} with block {block}: need a multiple of block and 1 <= --summary <= block")
+      raise ConfigError(f"length {n} with block {block}: need a multiple of block and 1 <= --summary <= block")
 
   device = jax.devices()[0].device_kind
   print(f"device: {device} ({jax.default_backend()}), {os.cpu_count()} CPU cores, jax {jax.__version__}")
@@ -108,4 +106,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, __doc__)

@@ -1,31 +1,28 @@
-"""Matrix products in bfloat16 inside float32 models: what `torch.autocast` does to matmuls.
+"""How a model's matrix products are computed: the `dot_general` rule of
+`experiments.runtime.rewrite`, `dot_rule(rows, bf16)`.
 
-`bf16_matmuls(fn)` runs `fn` with every float32 x float32 `dot_general` (dense layers,
-attention's products, einsums, a tied embedding's logits) computed by `bf16_dot_general`:
-its operands rounded to bfloat16, the products accumulated and returned in float32. Every
-other operation (normalisations, softmax, activations, losses) and every array between them
-stays float32. The backward pass does the same: the product's cotangent is rounded to
-bfloat16 and both operands' gradients are bfloat16 x bfloat16 -> float32 products.
-
-Why: XLA's CPU backend runs bfloat16 x bfloat16 -> float32 products on the AMX tiles of
-processors that have them (Intel Xeon since Sapphire Rapids), several times faster than
-float32 ones; an all-bfloat16 model (`nets.apply` with `dtype=bfloat16`) gains nothing
-there, as XLA computes its bfloat16-output products in float32 and converts around every
-elementwise operation. On accelerators it is the usual mixed precision of the products.
-
-It rewrites the function's jaxpr: `fn` is traced once, then evaluated equation by equation
-with the products replaced, inside `jit`, `remat`, `scan`, `while` and `cond` bodies too.
-Functions with custom derivatives (e.g. `jax.nn.gelu`) are kept as they are.
+- `rows` (on the CPU): a dense layer applied to [batch, length, ...] inputs is a product
+  of their rows: the leading dimensions are flattened into one before the product and
+  restored after. XLA's CPU backend computes the weight gradient of the 2D product without
+  the transposed copies it makes for the 3D one (docs/benchmarks.md).
+- `bf16` (`--matmul_dtype=bfloat16`): every float32 x float32 product (dense layers,
+  attention's products, einsums, a tied embedding's logits) is computed by
+  `bf16_dot_general`: its operands rounded to bfloat16, the products accumulated and
+  returned in float32, as `torch.autocast` treats matmuls. Every other operation
+  (normalisations, softmax, activations, losses) and every array between them stays
+  float32. The backward pass does the same: the product's cotangent is rounded to bfloat16
+  and both operands' gradients are bfloat16 x bfloat16 -> float32 products. XLA's CPU
+  backend runs these on the AMX tiles of processors that have them (Intel Xeon since
+  Sapphire Rapids); on accelerators it is the usual mixed precision of the products.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
-import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -134,78 +131,50 @@ def _backward(dimension_numbers, residuals, g):
 bf16_dot_general.defvjp(_forward, _backward)
 
 
-def _replaced(eqn: jex.JaxprEqn, invals: list[Any]) -> bool:
-  return (eqn.primitive.name == "dot_general" and all(jnp.result_type(v) == _F32 for v in invals)
-          and eqn.params.get("preferred_element_type") in (None, _F32))
+def _on_rows(x: jax.Array, y: jax.Array, dimension_numbers, product) -> jax.Array | None:
+  """`product(x, y, dimension_numbers)` with x's leading (non-contracting) dimensions
+  flattened into one, when there are several and x contracts its trailing ones (a dense
+  layer on [batch, length, features]); None otherwise."""
+  (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
+  free = x.ndim - len(x_contract)
+  if x_batch or y_batch or free < 2 or tuple(x_contract) != tuple(range(free, x.ndim)):
+    return None
+  flat = x.reshape((-1,) + x.shape[free:])
+  out = product(flat, y, ((tuple(range(1, flat.ndim)), tuple(y_contract)), ((), ())))
+  return out.reshape(x.shape[:free] + out.shape[1:])
 
 
-_INLINED = ("jit", "pjit", "closed_call", "core_call")
-_REMAT = ("checkpoint", "remat2")
-_CUSTOM_DERIVATIVES = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin")
+def bf16_matmuls(fn):
+  """`fn` with its float32 matrix products computed by `bf16_dot_general` (what
+  `--matmul_dtype=bfloat16` does to a model)."""
+  from experiments.runtime import rewrite  # pylint: disable=g-import-not-at-top
+  return rewrite.rewrite(fn, {"dot_general": dot_rule(rows=False, bf16=True)})
 
 
-def _rewritten(closed: jex.ClosedJaxpr) -> jex.ClosedJaxpr:
-  """`closed` with its products replaced: a jaxpr of the same signature."""
-  avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-  return jax.make_jaxpr(lambda *a: _evaluate(closed.jaxpr, closed.consts, a))(*avals)
+def dot_rule(rows: bool, bf16: bool):
+  """The rewrite rule of `dot_general` equations (experiments.runtime.rewrite), or None:
+  - `rows`: products of a dense layer on [batch, length, ...] inputs on 2D rows, whose
+    weight gradients XLA's CPU backend computes without the transposed copies it makes for
+    3D inputs (docs/benchmarks.md: the GPT CPU recipe's step);
+  - `bf16`: float32 x float32 products by `bf16_dot_general`."""
+  if not (rows or bf16):
+    return None
 
-
-def _rewritten_param(value: Any) -> Any:
-  if isinstance(value, jex.ClosedJaxpr):  # scan's and while's bodies
-    return _rewritten(value)
-  if isinstance(value, tuple) and value and all(isinstance(v, jex.ClosedJaxpr) for v in value):  # cond's branches
-    return tuple(_rewritten(v) for v in value)
-  return value
-
-
-def _evaluate(jaxpr: jex.Jaxpr, consts, args) -> list[Any]:
-  """`jaxpr` evaluated on `args` (as `jax.core.eval_jaxpr` does) with its products replaced."""
-  env: dict[Any, Any] = {}
-
-  def read(v):
-    return v.val if isinstance(v, jex.Literal) else env[v]
-
-  env.update(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    name, params = eqn.primitive.name, eqn.params
-    if _replaced(eqn, invals):
-      out = [bf16_dot_general(*invals, params["dimension_numbers"])]
-    elif name in _INLINED:
-      out = _evaluate(params["jaxpr"].jaxpr, params["jaxpr"].consts, invals)
-    elif name in _REMAT:
-      body = functools.partial(_evaluate, params["jaxpr"], ())
-      out = jax.checkpoint(lambda *a, body=body: body(a), prevent_cse=params["prevent_cse"],
-                           policy=params["policy"])(*invals)
+  def rule(invals, params):
+    x, y = invals
+    dims = params["dimension_numbers"]
+    if bf16 and all(jnp.result_type(v) == _F32 for v in invals) and params.get("preferred_element_type") in (None, _F32):
+      product = bf16_dot_general
+    elif rows:
+      product = functools.partial(lax.dot_general, precision=params.get("precision"),
+                                  preferred_element_type=params.get("preferred_element_type"))
     else:
-      if name not in _CUSTOM_DERIVATIVES:  # their derivative rules refer to the body as it is
-        params = {k: _rewritten_param(v) for k, v in params.items()}
-      with eqn.ctx.manager:
-        out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
-      out = out if eqn.primitive.multiple_results else [out]
-    env.update(zip(eqn.outvars, out))
-  return [read(v) for v in jaxpr.outvars]
+      return None
+    out = _on_rows(x, y, dims, product) if rows else None
+    if out is None:
+      if product is not bf16_dot_general:
+        return None
+      out = product(x, y, dims)
+    return [out]
 
-
-def bf16_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
-  """`fn` with its float32 matrix products computed by `bf16_dot_general`. Its arguments
-  may be any pytrees; leaves that are not arrays (flags, names) are held fixed."""
-
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    leaves, tree = jax.tree.flatten((args, kwargs))
-    arrays = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray, np.generic))]
-
-    def on_arrays(*values):
-      full = list(leaves)
-      for i, v in zip(arrays, values):
-        full[i] = v
-      a, k = jax.tree.unflatten(tree, full)
-      return fn(*a, **k)
-
-    values = [leaves[i] for i in arrays]
-    closed, shape = jax.make_jaxpr(on_arrays, return_shape=True)(*values)
-    return jax.tree.unflatten(jax.tree.structure(shape), _evaluate(closed.jaxpr, closed.consts, values))
-
-  return wrapped
+  return rule

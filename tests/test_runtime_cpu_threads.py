@@ -1,4 +1,4 @@
-"""--cpu_threads: the size of XLA's CPU thread pool, chosen before JAX starts its backends."""
+"""--runtime.cpu_threads: the size of XLA's CPU thread pool, chosen before JAX starts its backends."""
 
 import os
 import subprocess
@@ -7,11 +7,11 @@ import sys
 import pytest
 
 from conftest import ROOT, run_cli
-from experiments import cpu_threads
+from experiments.runtime import cpu_threads
 
 _POOL = """
 import os, sys
-from experiments import cpu_threads
+from experiments.runtime import cpu_threads
 cpu_threads.limit(int(sys.argv[1]))
 import jax, jax.numpy as jnp
 jax.jit(lambda a: a @ a)(jnp.ones((256, 256))).block_until_ready()
@@ -45,6 +45,6 @@ def test_limit_once_jax_has_started_is_an_error():
 def test_run_applies_it_before_jax_starts(tmp_path):
   """experiments.run sets the pool from the flag before its first JAX computation (limit
   raises otherwise); the flag is kept in the run's flag file."""
-  run_cli("--model=logreg", "--steps=2", "--log_every=1", "--eval_every=0", "--cpu_threads=1",
+  run_cli("--model=logreg", "--steps=2", "--log_every=1", "--eval_every=0", "--runtime.cpu_threads=1",
           f"--workdir={tmp_path}")
-  assert "--cpu_threads=1" in (tmp_path / "flags.flags").read_text().splitlines()
+  assert "--runtime.cpu_threads=1" in (tmp_path / "flags.flags").read_text().splitlines()

@@ -1,9 +1,9 @@
-"""A Markdown table of `experiments.bench` results (the README's benchmark tables).
+"""A Markdown table of `experiments.bench` results (docs/benchmarks.md's tables).
 
     for f in experiments/flags/*.flags; do
-      python -m experiments.bench --flagfile=$f --bench_steps=20 | tail -n 1 >> bench.jsonl
+      python -m experiments.bench --flagfile=$f --bench.steps=20 | tail -n 1 >> bench.jsonl
     done
-    python -m experiments.bench_table bench.jsonl
+    python -m experiments.bench.table bench.jsonl
 
 Each input line is the JSON line `experiments.bench` ends with.
 """
@@ -39,7 +39,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    raise SystemExit("usage: python -m experiments.bench_table RESULTS.jsonl")
+    raise SystemExit("usage: python -m experiments.bench.table RESULTS.jsonl")
   with open(argv[1], encoding="utf-8") as f:
     results = [json.loads(line) for line in f if line.strip().startswith("{")]
   print(table(results))

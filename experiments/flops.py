@@ -9,9 +9,9 @@ same on every platform. It walks the traced program, forward and backward passes
 - `dot_general`: 2 x (the output's size) x (the contracted size);
 - convolutions: 2 x the multiply-adds that meet an input element (padding and the holes
   that gradients of strided convolutions insert are not counted, so each gradient counts
-  what the forward convolution does). `nets.conv`'s 1D convolutions on the CPU are
-  products over padded windows, and count as such, padding included (the MNIST-1D CNN's
-  SAME-padded layers: a few percent more);
+  what the forward convolution does). The CPU's 1D convolutions
+  (`experiments.runtime.conv`) are products over padded windows, and count as such, padding
+  included (the MNIST-1D CNN's SAME-padded layers: a few percent more);
 - cuDNN's fused attention: its two products forward (4 x |q| x keys), four backward
   (8 x |q| x keys), the whole score matrix counted even where a causal mask skips it
   (as PaLM's and nanoGPT's MFU count attention);

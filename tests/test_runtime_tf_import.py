@@ -6,7 +6,7 @@ import sys
 
 from conftest import ROOT
 
-PROBE = ("import os, sys; from experiments import tf_import; print(tf_import.without_keras()); "
+PROBE = ("import os, sys; from experiments.runtime import tf_import; print(tf_import.without_keras()); "
          "import tensorflow as tf; import tensorflow_datasets; "
          "print('keras' in sys.modules, os.environ.get('TF_USE_LEGACY_KERAS')); "
          "print(tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), lambda a, b: a + b).numpy())")
@@ -28,7 +28,7 @@ def test_a_variable_the_user_set_is_kept():
 
 
 def test_nothing_changes_once_tensorflow_is_imported():
-  from experiments import tf_import  # pylint: disable=g-import-not-at-top
+  from experiments.runtime import tf_import  # pylint: disable=g-import-not-at-top
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   before = os.environ.get("TF_USE_LEGACY_KERAS")
   os.environ.pop("TF_USE_LEGACY_KERAS", None)

@@ -1,4 +1,4 @@
-"""nets.conv: its gradients (1D: matrix products over windows; 2D: channels-last
+"""experiments.runtime.conv: its gradients (1D: matrix products over windows; 2D: channels-last
 convolutions) against those of the same convolution written with explicit zero padding
 (JAX's own gradient of a convolution padded wider than its kernel is not a reference: on
 XLA's CPU it read outside its input)."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from nets import conv
+from experiments.runtime import conv
 
 _CASES = [(nd, k, s, pad, n, c) for nd, k, s, pad, n, c in itertools.product(
     (1, 2), (2, 3, 5), (1, 2), ("SAME", "VALID", (2, 0), (0, 3)), (7, 8), (4, 1))

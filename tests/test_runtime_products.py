@@ -1,4 +1,4 @@
-"""bfloat16 matrix products in float32 models (--matmul_dtype=bfloat16, nets.matmul_precision)."""
+"""bfloat16 matrix products in float32 models (--matmul_dtype=bfloat16, experiments.runtime.products)."""
 
 import functools
 
@@ -11,8 +11,8 @@ from jax import lax
 
 import nets
 from conftest import train_in_process
-from experiments import config as config_lib, optim, train
-from nets.matmul_precision import bf16_dot_general, bf16_matmuls
+from experiments import build, config as config_lib, optim, train
+from experiments.runtime.products import bf16_dot_general, bf16_matmuls
 
 _ROUND = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)  # bfloat16 values, exactly, as float32
 
@@ -103,10 +103,10 @@ def test_a_training_step_with_bfloat16_products(name, hparams):
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 11, size=(4, 16)), jnp.int32)
   batch, rng = {"x": tokens[:, :-1], "y": tokens[:, 1:]}, jax.random.key(1)
   tx = optim.optimizer("adamw", 1e-2)
-  state = train.init_state(model, tx, batch, jax.random.key(0))
+  state = build.init_state(model, tx, batch, jax.random.key(0))
   step = functools.partial(train.train_step, model=model, objective=nets.objectives.LanguageModel(), tx=tx,
                            schedule=lambda s: 1e-2)
-  bf16 = functools.partial(step, matmul_dtype=jnp.bfloat16)
+  bf16 = functools.partial(step, call=bf16_matmuls(model.apply))
   products = _products(jax.make_jaxpr(bf16)(state, batch, rng).jaxpr)  # forward and backward
   assert products and all(p == ("bfloat16", "bfloat16") for p in products), products
   s32, m32 = jax.jit(step)(state, batch, rng)

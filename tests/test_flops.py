@@ -1,4 +1,4 @@
-"""The matrix-product FLOPs counted from a traced program (`experiments.matmul_flops`)."""
+"""The matrix-product FLOPs counted from a traced program (`experiments.flops`)."""
 
 import jax
 import jax.extend.core as jex
@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import nets
-from experiments import matmul_flops
+from experiments import flops as matmul_flops
 
 
 def test_a_product_and_its_gradients():
