@@ -95,7 +95,8 @@ class DataParallel:
     devices = self.local_devices if num_devices else jax.devices()
     self.sizes = parse_mesh(mesh, len(devices))
     if mode == "pmap" and self.sizes["fsdp"] > 1:
-      raise ConfigError("--parallel.mode=pmap replicates parameters; --parallel.mesh with fsdp > 1 needs --parallel.mode=jit")
+      raise ConfigError("--parallel.mode=pmap replicates parameters; --parallel.mesh with fsdp > 1 needs "
+                        "--parallel.mode=jit")
     # Devices in process order, so each process's devices hold consecutive rows of the batch.
     self.mesh = Mesh(np.asarray(devices).reshape(self.sizes["data"], self.sizes["fsdp"]), AXES)
     self.replicated = NamedSharding(self.mesh, P())

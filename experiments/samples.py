@@ -1,11 +1,11 @@
 """What a generative run writes for people to look at, at each evaluation: workdir/samples/.
 
-- Language models (`--objective=lm`): `sample_tokens` tokens continued from a newline, with
-  `--sample_temperature` and `--sample_top_k`, as text (`step_000250.txt`); on audio data
-  (WaveNet) `sample_tokens` audio samples as a 16-bit WAV file (`step_000250.wav`).
+- Language models (`--objective=lm`): `--sample.tokens` tokens continued from a newline, with
+  `--sample.temperature` and `--sample.top_k`, as text (`step_000250.txt`); on audio data
+  (WaveNet) `--sample.tokens` audio samples as a 16-bit WAV file (`step_000250.wav`).
 - Sequence-to-sequence models: the first evaluation examples, greedily decoded, beside their
   targets.
-- Objectives that `generate` (VAE, GAN, diffusion): `--num_samples` samples as a PNG: an
+- Objectives that `generate` (VAE, GAN, diffusion): `--sample.count` samples as a PNG: an
   image grid, a plot of 1D signals, or a scatter plot of 2D points over the true modes. On
   the 2D mixtures (`mixture2d/*`) the samples are also scored (`nets.mixtures.mode_coverage`)
   and the writer returns `modes` and `high_quality`, logged as eval metrics.

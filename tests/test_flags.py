@@ -30,8 +30,8 @@ SMALLER = {
     "wavenet_tones.flags": ["--block_size=256", "--batch_size=2", "--eval_batch_size=2", "--wavenet.dilations=1,2,4"],
     "gan_ring.flags": ["--sample.count=200"],
     "gan_grid.flags": ["--sample.count=200"],
-    "vae_digits.flags": ["--iwae_samples=10"],
-    "vae_mnist1d.flags": ["--iwae_samples=10"],
+    "vae_digits.flags": ["--elbo.iwae_samples=10"],
+    "vae_mnist1d.flags": ["--elbo.iwae_samples=10"],
 }
 
 

@@ -117,7 +117,7 @@ def test_sample_quality_scores_a_generator_with_a_trained_classifier(tmp_path, m
   small = ["--eval_every=0", "--log_every=10", "--checkpoint_every=0"]
   train.train_and_evaluate(parse("--flagfile=experiments/flags/digits_cnn.flags", "--steps=30", "--warmup_steps=5",
                                  *small), str(classifier))
-  train.train_and_evaluate(parse("--flagfile=experiments/flags/vae_digits.flags", "--steps=5", "--iwae_samples=2",
+  train.train_and_evaluate(parse("--flagfile=experiments/flags/vae_digits.flags", "--steps=5", "--elbo.iwae_samples=2",
                                  *small), str(generator))
   proc = run_cli(f"--workdir={generator}", f"--classifier={classifier}", "--num_samples=200",
                  module="experiments.sample_quality")

@@ -109,5 +109,5 @@ def test_gpt_run_writes_samples_and_the_cli_samples_from_it(tmp_path):
   assert sample.generate(str(tmp_path), "ROMEO:", 50, 0.8, 40, seed=1) == text
   with pytest.raises(ConfigError, match="--prompt"):
     sample.generate(str(tmp_path), "ROMEO: \u00e9", 5, 0.8, 40, seed=1)
-  spread = run_cli(f"--workdir={tmp_path}", "--windows=8", "--draws=3", module="experiments.eval_spread")
+  spread = run_cli(f"--workdir={tmp_path}", "--windows=8", "--draws=3", module="experiments.bench.eval_spread")
   assert "24 windows of 64: mean loss" in spread.stdout and "8-window estimates: std" in spread.stdout

@@ -59,7 +59,7 @@ MAX_ROUND_DISPATCHES = 250
 def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_size: int = 1024,
           profile_dir: str = "", rounds: int = 5) -> dict[str, Any]:
   """Times about `steps` train steps of `config` as the training loop runs them (in dispatches
-  of `k` steps, `--steps_per_dispatch`); returns the figures of the module docstring of
+  of `k` steps, `--runtime.steps_per_dispatch`); returns the figures of the module docstring of
   `experiments.bench`."""
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
