@@ -150,10 +150,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, example: dict
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
                       opt_state=tx.init(params))
 
-  try:  # invalid model hyperparameters surface when the model is first built
-    return jax.jit(init, out_shardings=sharding)(rng)
-  except ValueError as e:
-    raise ConfigError(f"--model: {e}") from e
+  return jax.jit(init, out_shardings=sharding)(rng)
 
 
 def count_params(params: Any) -> int:

@@ -9,14 +9,14 @@ The training loop runs several steps per dispatch (a `lax.scan` over `k` steps, 
 
 `make` chooses one of three, all giving the very batches `experiments.data` streams (so the
 numbers do not depend on the choice):
-- `Examples`: a split of labelled examples (or images) of at most `--runtime.device_data_mb` is held
-  on the devices; an item is the indices of a batch's examples (`data.ExampleOrder`, the
-  tf.data stream's order) and the step gathers them;
+- `Examples`: a split of labelled examples (or images) of at most
+  `--runtime.device_data_mb` is held on the devices; an item is the indices of a batch's
+  examples (`data.ExampleOrder`, the tf.data stream's order) and the step gathers them;
 - `Windows`: text and audio held in memory are held on the devices as one token array; an item
   is where each window starts (drawn on the host from (seed, step) as `data.text_batches`
   draws them) and the step slices the windows;
-- `Streamed`: anything larger, or `--runtime.device_data_mb=0`: tf.data reads the batches and an item
-  is the batch itself.
+- `Streamed`: anything larger, or `--runtime.device_data_mb=0`: tf.data reads the batches
+  and an item is the batch itself.
 
 `experiments.dispatch` prepares the items of the coming dispatches in a background thread
 and puts them on the devices, so the host never holds up the device.

@@ -139,12 +139,15 @@ def prepare(config: Config) -> Run:
   on_cpu = par.local_devices[0].platform == "cpu"
   built = build_lib.build(config, source, par.local_devices[0].platform)
   init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key)
-  if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
-    state = init(par.replicated)
-    state_sharding = jax.tree.map(lambda _: par.replicated, state)
-  else:
-    state_sharding = par.state_sharding(jax.eval_shape(init))
-    state = init(state_sharding)
+  try:  # invalid model hyperparameters surface when the model is first built
+    if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
+      state = init(par.replicated)
+      state_sharding = jax.tree.map(lambda _: par.replicated, state)
+    else:
+      state_sharding = par.state_sharding(jax.eval_shape(init))
+      state = init(state_sharding)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"--model={config.model}: {e}") from e
   # On the CPU the norms are computed after the logged steps only (see train_step); elsewhere
   # after every step: XLA's GPU runtime reads a cond's predicate back to the host each time.
   step = functools.partial(train_step, model=built.model, objective=built.objective, tx=built.tx,
@@ -305,7 +308,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       "step": step,
       "num_params": num_params,
       "wall_time_s": time.perf_counter() - start_time,
-      "train_time_s": time.perf_counter() - start_time - read_s,  # compiling, training and evaluating (not reading data)
+      # compiling, training and evaluating (not reading data)
+      "train_time_s": time.perf_counter() - start_time - read_s,
       "compile_s": steps.compile_s,  # the training steps'
       "steps_per_dispatch": steps.k,
       "feed": type(run.feed).__name__,  # Examples, Windows (held on the devices) or Streamed

@@ -163,7 +163,8 @@ def dot_rule(rows: bool, bf16: bool):
   def rule(invals, params):
     x, y = invals
     dims = params["dimension_numbers"]
-    if bf16 and all(jnp.result_type(v) == _F32 for v in invals) and params.get("preferred_element_type") in (None, _F32):
+    float32 = all(jnp.result_type(v) == _F32 for v in invals)
+    if bf16 and float32 and params.get("preferred_element_type") in (None, _F32):
       product = bf16_dot_general
     elif rows:
       product = functools.partial(lax.dot_general, precision=params.get("precision"),
