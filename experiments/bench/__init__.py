@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from experiments import config as config_lib
-from experiments.runtime import host_memory, threefry
+from experiments.runtime import host_memory
 
 
 def matmul_kind(config: config_lib.Config) -> str:
@@ -65,12 +65,12 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
   from experiments import train  # pylint: disable=g-import-not-at-top
 
   run = train.prepare(config)  # as experiments.run builds it
-  par, source, feed, state, steps = run.par, run.source, run.feed, run.state, run.steps
-  k = steps.k
-  steps.executable(k)
-  compile_s = steps.compile_s
-  flops = _flops(steps.executable(k)) if config.parallel.mode == "jit" else steps.flops_per_step(k)
-  products = steps.matmul_flops_per_step(k)
+  par, source, feed, state, dispatcher = run.par, run.source, run.feed, run.state, run.steps
+  k = dispatcher.k
+  dispatcher.executable(k)
+  compile_s = dispatcher.compile_s
+  flops = _flops(dispatcher.executable(k)) if config.parallel.mode == "jit" else dispatcher.flops_per_step(k)
+  products = dispatcher.matmul_flops_per_step(k)
   chunks = max(3, math.ceil(steps / k))  # at least 3 dispatches each way
   peak_before = peak_matmul(matmul_size, kind=matmul_kind(config))  # and after the steps: the faster (one can meet a busy core)
 
@@ -78,19 +78,19 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
 
   def span():
     nonlocal step
-    placed = steps.span(step, k)
+    placed = dispatcher.span(step, k)
     step += k
     return placed
 
   for _ in range(max(1, math.ceil(warmup / k))):
-    state, _ = steps(state, span())
+    state, _ = dispatcher(state, span())
   jax.block_until_ready(state)
   step_s, input_s = [], []
   for _ in range(chunks):  # each dispatch waited for: its items, then its steps
     t0 = time.perf_counter()
     placed = jax.block_until_ready(span())
     t1 = time.perf_counter()
-    state, metrics = steps(state, placed)
+    state, metrics = dispatcher(state, placed)
     jax.block_until_ready((state, metrics))
     t2 = time.perf_counter()
     input_s.append((t1 - t0) / k)
@@ -109,15 +109,15 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
     with trace:
       t = time.perf_counter()
       for placed in staged:
-        state, _ = steps(state, placed)
+        state, _ = dispatcher(state, placed)
       jax.block_until_ready(state)
       compute.append((time.perf_counter() - t) / (round_chunks * k))
     del staged
-    with steps.spans(step, [(step + i * k, k) for i in range(round_chunks)]) as prefetched:
+    with dispatcher.spans(step, [(step + i * k, k) for i in range(round_chunks)]) as prefetched:
       step += round_chunks * k
       t = time.perf_counter()
       for placed in prefetched:
-        state, _ = steps(state, placed)
+        state, _ = dispatcher(state, placed)
       jax.block_until_ready(state)
       loop.append((time.perf_counter() - t) / (round_chunks * k))
   compute_s, loop_s = min(compute), min(loop)
@@ -143,7 +143,6 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "host_memory_kept": host_memory.applied(),
       "huge_pages": host_memory.huge_pages(),
-      "threefry_unrolled": threefry.applied(),
   }
   result["fraction_of_peak"] = result["gflops_per_s"] / peak if flops else None
   products_rate = products / median_step / 1e9

@@ -10,8 +10,8 @@ Each piece is measured, with and without, on the flag files it was made for
 - Before JAX starts (the commands call them first): XLA's CPU thread pool
   (`cpu_threads.py`, `--runtime.cpu_threads`), glibc's malloc settings
   (`host_memory.py`), TensorFlow imported without Keras (`tf_import.py`).
-- `prepare_process()`, before programs are lowered: random draws as one fused loop on the
-  CPU (`threefry.py`).
+- `prepare_process()`, before programs are lowered: malloc's settings again, for commands
+  that restore a run as a library call.
 - JAX's persistent compilation cache (`compile_cache.py`).
 """
 
@@ -56,7 +56,6 @@ def before_jax(config: Any) -> None:
 
 def prepare_process() -> None:
   """What the process sets before it lowers a run's programs (the module docstring)."""
-  from experiments.runtime import host_memory, threefry  # pylint: disable=g-import-not-at-top
+  from experiments.runtime import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_freed()
-  threefry.unroll()
 
