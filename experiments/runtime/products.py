@@ -133,11 +133,12 @@ bf16_dot_general.defvjp(_forward, _backward)
 
 def _on_rows(x: jax.Array, y: jax.Array, dimension_numbers, product) -> jax.Array | None:
   """`product(x, y, dimension_numbers)` with x's leading (non-contracting) dimensions
-  flattened into one, when there are several and x contracts its trailing ones (a dense
-  layer on [batch, length, features]); None otherwise."""
+  flattened into one, when there are several, x contracts its trailing ones and y its
+  leading ones (a dense layer's kernel on [batch, length, features]); None otherwise."""
   (x_contract, y_contract), (x_batch, y_batch) = dimension_numbers
   free = x.ndim - len(x_contract)
-  if x_batch or y_batch or free < 2 or tuple(x_contract) != tuple(range(free, x.ndim)):
+  if (x_batch or y_batch or free < 2 or tuple(x_contract) != tuple(range(free, x.ndim))
+      or tuple(y_contract) != tuple(range(len(y_contract)))):  # y: a dense layer's [in..., out...] kernel
     return None
   flat = x.reshape((-1,) + x.shape[free:])
   out = product(flat, y, ((tuple(range(1, flat.ndim)), tuple(y_contract)), ((), ())))
