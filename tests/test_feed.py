@@ -69,7 +69,7 @@ def test_text_windows_on_the_device_are_the_streamed_windows(tfds_dir):
     assert got["x"].dtype == np.int32
     np.testing.assert_array_equal(got["x"], expected["x"])
     np.testing.assert_array_equal(got["y"], expected["y"])
-  assert isinstance(feed.make(config.replace(device_data_mb=1), source), feed.Streamed)  # 4 MB of tokens
+  assert isinstance(feed.make(config.replace(runtime=Runtime(device_data_mb=1)), source), feed.Streamed)  # 4 MB of tokens
 
 
 def _audio(clip_lengths):

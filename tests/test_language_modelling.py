@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from conftest import run_cli
 from experiments import data, train
-from experiments.config import Config, ConfigError
+from experiments.config import Config, ConfigError, Sample
 from experiments.datasets import char_text
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(char_text.DEFAULT_TEXT_PATH),
@@ -67,7 +67,8 @@ def test_text_eval_batches_are_fixed(shakespeare):
 def test_the_final_evaluation_takes_final_eval_batches(shakespeare, tmp_path):
   config, _ = shakespeare
   config = config.replace(model_hparams={"num_layers": 1, "num_heads": 2, "embed_dim": 16}, steps=4, log_every=2,
-                          eval_every=2, checkpoint_every=0, sample_tokens=0, eval_batches=1, final_eval_batches=3)
+                          eval_every=2, checkpoint_every=0, sample=Sample(tokens=0), eval_batches=1,
+                          final_eval_batches=3)
   def evals(config, name):
     summary = train.train_and_evaluate(config, str(tmp_path / name))
     lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
@@ -83,7 +84,7 @@ def test_catalog_tiny_shakespeare_trains_with_mock_data(tmp_path):
   config = Config(dataset="tiny_shakespeare", eval_split="validation", model="gpt", objective="lm",
                   model_hparams={"num_layers": 1, "num_heads": 2, "embed_dim": 16}, block_size=8, batch_size=4,
                   eval_batch_size=4, eval_batches=2, steps=2, log_every=1, eval_every=0, checkpoint_every=0,
-                  sample_tokens=10)
+                  sample=Sample(tokens=10))
   with tfds.testing.mock_data(num_examples=1):
     summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 2 and np.isfinite(summary["eval/loss"])

@@ -2,14 +2,12 @@
 exists, flag files and sweep files that exist, and flags its command defines; the training and
 benchmark commands' flags also make a valid run configuration (flag files composed)."""
 
+import ast
 import functools
 import glob
 import importlib.util
 import os
-import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 from absl import flags
@@ -57,13 +55,29 @@ def _commands(path: str) -> list[tuple[int, list[str]]]:
 CASES = [(f"{path}:{line}", argv) for path in DOCUMENTS for line, argv in _commands(path)]
 
 
+# absl's own flags, which every command has.
+ABSL_FLAGS = frozenset(flags.FLAGS) | {"help", "helpfull", "helpshort", "helpxml", "flagfile", "undefok"}
+
+
 @functools.lru_cache(maxsize=None)
 def _defined_flags(module: str) -> frozenset[str]:
-  """The flag names `python -m MODULE --helpfull` lists."""
-  proc = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
-  names = re.findall(r"^\s+(?:-\S+,)?--(?:\[no\])?([\w.]+):", proc.stdout, re.M)
-  assert names, f"{module} --helpfull listed no flags:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+  """The flags `python -m MODULE` defines: the `DEFINE_*` calls in its source (a package's
+  `__main__.py`), the run's flags where it defines them (`config.define_flags()`), and absl's."""
+  spec = importlib.util.find_spec(module)
+  path = spec.origin
+  if spec.submodule_search_locations:  # a package: `python -m` runs its __main__
+    path = os.path.join(os.path.dirname(path), "__main__.py")
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  names = set(ABSL_FLAGS)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+      if node.func.attr.startswith("DEFINE_") and node.args and isinstance(node.args[0], ast.Constant):
+        names.add(node.args[0].value)
+      elif node.func.attr == "define_flags" and getattr(node.func.value, "id", "") == "config_lib":
+        values = flags.FlagValues()
+        config_lib.define_flags(values)
+        names.update(values)
   return frozenset(names)
 
 

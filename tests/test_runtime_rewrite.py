@@ -35,7 +35,6 @@ def _loss_and_grads(apply, variables, x, rng):
     ("cnn", dict(features=(6, 5), kernel_size=(5, 3), strides=(2, 1), padding="1", num_outputs=3), (4, 40), jnp.float32),
     ("cnn", dict(features=(4, 6), kernel_size=(3, 3), strides=(2, 1), norm="batch", num_outputs=3), (4, 8, 8, 1),
      jnp.float32),
-    ("resnet", dict(width=8, num_outputs=3), (2, 8, 8, 1), jnp.float32),
     ("gpt", dict(vocab_size=11, max_len=16, num_layers=2, num_heads=2, embed_dim=16, dropout=0.1), (4, 16), jnp.int32),
     ("gpt", dict(vocab_size=11, max_len=16, num_layers=1, num_heads=2, embed_dim=16, remat=True), (4, 16), jnp.int32),
     ("rnn_lm", dict(vocab_size=11, cell="lstm", hidden=16, layers=1), (4, 16), jnp.int32),
