@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 import nets
 from experiments import checkpoint, data, optim, runtime
@@ -167,17 +168,20 @@ class Restored(NamedTuple):
   call: Callable[..., Any]  # model.apply as the run computed it
 
 
-def restore(workdir: str, step: int | None = None) -> Restored:
+def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
   """A run's config, data, model, objective, parameters and other model variables (its latest
   checkpoint, or `step`'s)."""
   runtime.prepare_process()
   config = config_lib.from_workdir(workdir)
   source = data.load(config)
   built = build(config, source)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
+  ckpts = checkpoint.Checkpoints(epath.Path(workdir) / "checkpoints")
   if ckpts.latest_step() is None:
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
   like = jax.eval_shape(lambda: init_state(built.model, built.tx, source.example, jax.random.key(0)))
-  state = ckpts.restore(like, step)
+  if step is None:  # the newest that can be read (a training run moves unreadable ones aside; this does not)
+    state, _ = ckpts.restore_intact(like, move_aside=False)
+  else:
+    state = ckpts.restore(like, step)
   ckpts.close()
   return Restored(config, source, built.model, built.objective, state.params, state.model_state, built.call)

@@ -1,21 +1,78 @@
-"""Orbax checkpoints of the train state: periodic, atomic, keep-last-N, resumable."""
+"""Orbax checkpoints of the train state: periodic, atomic, keep-last-N, resumable.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run
+killed while one is written leaves the one before intact. A checkpoint that cannot be read
+(a file truncated or deleted inside it) is moved aside to `DIR.unreadable/STEP` and the run
+resumes from the newest one that can (`restore_intact`). A checkpoint that cannot be
+written (a full disk, a read-only folder) stops the run with one line naming the folder and
+the operating system's error (`CheckpointError`); the ones before it stay as they were.
+Paths go through `etils.epath`, so the folder may be on cloud storage (`gs://...`).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from experiments.config import ConfigError
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written."""
+
+
+class _OrbaxErrors(logging.Filter):
+  """Drops Orbax's own error logs (each with a traceback, from each of its threads): every
+  failure of a save or a restore reaches `Checkpoints` as an exception, which the run
+  reports in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+logging.getLogger("absl").addFilter(_OrbaxErrors())
+
+
+_abandoned = []  # saves that failed: their coroutines are collected with errors
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _quiet_abandoned_saves() -> None:
+  """After a failed save, TensorStore's callbacks into Orbax's abandoned event loops each
+  print "Event loop is closed" with a traceback, and the abandoned coroutines report errors
+  as they are collected: drop those (any other error is printed as before)."""
+  unraisable, excepthook = sys.unraisablehook, sys.excepthook
+  sys.unraisablehook = lambda u: None if _abandoned or _closed_loop(u.exc_value) else unraisable(u)
+  sys.excepthook = lambda kind, value, tb: None if _closed_loop(value) else excepthook(kind, value, tb)
+
+
+def _reason(e: BaseException) -> str:
+  """The innermost reason of an error: TensorStore's errors nest "context: context: reason"
+  and end with the whole spec of the store."""
+  text = " ".join(str(e).split(" [tensorstore_spec")[0].split())
+  reason = text.rsplit('": ', 1)[-1] or type(e).__name__
+  return reason if len(reason) <= 200 else reason[:100] + " ... " + reason[-95:]
+
+
+_quiet_abandoned_saves()
 
 
 class Checkpoints:
-  """A workdir's checkpoints. Orbax writes each one to a temporary folder and renames it
-  when complete, so a killed run never leaves a half-written checkpoint behind (a run
-  killed while one is written resumes from the one before)."""
+  """A workdir's checkpoints (module docstring)."""
 
-  def __init__(self, directory: str, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: str | epath.PathLike, keep: int = 3):
+    directory = epath.Path(directory)
+    self.directory = directory if "://" in str(directory) else directory.resolve()
     self.manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
@@ -26,14 +83,25 @@ class Checkpoints:
             # the state's buffers, which the step dispatched meanwhile then does not donate:
             # one more copy of the state in host memory while a save is written.
             enable_async_checkpointing=True))
+    self._saving: int | None = None  # the step of the last save, written in the background
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _failed(self, step: int | str, e: BaseException) -> CheckpointError:
+    _abandoned.append(step)
+    return CheckpointError(f"cannot write the checkpoint of step {step} in {self.directory}: {_reason(e)}. "
+                           "The checkpoints before it are intact; free the space or fix the folder, then run "
+                           "the same command to resume")
+
   def save(self, step: int, state: Any) -> None:
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (a write that failed, maybe the save before's)
+      raise self._failed(self._saving if self._saving is not None else step, e) from None
+    self._saving = step
 
   def restore(self, like: Any, step: int | None = None) -> Any:
     """Restores into the structure, shapes and shardings of `like` (arrays or abstract).
@@ -43,6 +111,55 @@ class Checkpoints:
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def restore_intact(self, like: Any, move_aside: bool = True) -> tuple[Any, int]:
+    """The newest checkpoint that can be read, and its step; (None, 0) if there is none.
+    Unreadable ones are skipped with a one-line warning (and moved aside if `move_aside`);
+    if every one is unreadable, ConfigError."""
+    bad = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.restore(like, step), step
+      except Exception as e:  # pylint: disable=broad-except  (truncated, deleted or garbled files)
+        aside = self.directory.parent / f"{self.directory.name}.unreadable" / str(step)
+        for n in range(1, 1000):  # (one of that step moved aside before)
+          if not aside.exists():
+            break
+          aside = aside.parent / f"{step}.{n}"
+        if move_aside and jax.process_index() == 0:
+          aside.parent.mkdir(parents=True, exist_ok=True)
+          (self.directory / str(step)).rename(aside)
+        print(f"warning: the checkpoint of step {step} cannot be read ({_reason(e)})"
+              + (f"; moved to {aside}" if move_aside else "; skipped"), file=sys.stderr, flush=True)
+        bad.append(step)
+        if move_aside:
+          self.manager.reload()
+    if bad:
+      raise ConfigError(f"no checkpoint in {self.directory} can be read (steps {', '.join(map(str, bad))}"
+                        + (f", moved to {self.directory.name}.unreadable" if move_aside else "")
+                        + "); choose another --workdir to start afresh")
+    return None, 0
+
+  def mismatches(self, like: Any) -> list[str]:
+    """How the newest checkpoint whose metadata can be read does not fit the structure and
+    shapes of `like`: arrays missing on either side, or of another shape (read from the
+    metadata, not the arrays). Empty if they fit, or if no metadata can be read."""
+    def shapes(tree):
+      return {"/".join(re.findall(r"\w+", jax.tree_util.keystr(path))): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if hasattr(leaf, "shape")}
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = shapes(self.manager.item_metadata(step))
+        break
+      except Exception:  # pylint: disable=broad-except  (unreadable: restore_intact says so)
+        continue
+    else:
+      return []
+    wanted = shapes(like)
+    found = [f"{k} {saved[k]} saved, {wanted[k]} now" for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+    found += [f"{k} saved, not in this run" for k in sorted(set(saved) - set(wanted))]
+    found += [f"{k} not saved" for k in sorted(set(wanted) - set(saved))]
+    return found
 
   def restore_raw(self, step: int | None = None) -> Any:
     """The latest (or `step`'s) saved pytree as host arrays, without a target structure
@@ -54,9 +171,17 @@ class Checkpoints:
     return jax.device_get(self.manager.restore(step, args=ocp.args.StandardRestore(like)))
 
   def wait(self) -> None:
-    """Returns once the checkpoints saved so far are on disk."""
-    self.manager.wait_until_finished()
+    """Returns once the checkpoints saved so far are on disk; CheckpointError if one failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(self._saving, e) from None
 
   def close(self) -> None:
-    self.wait()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except  (the failure wait() reported, again)
+        pass

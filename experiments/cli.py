@@ -61,6 +61,9 @@ def run(main: Callable[[], Any], doc: str, values: flags.FlagValues = flags.FLAG
       main()
     except config_lib.ConfigError as e:
       fail(e)
+    except KeyboardInterrupt:  # Ctrl-C where nothing is left to save: one line, as a shell reports it
+      print("error: stopped by Ctrl-C", file=sys.stderr, flush=True)
+      sys.exit(130)
 
   app.run(start, flags_parser=parse)
 

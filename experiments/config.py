@@ -24,6 +24,7 @@ import os
 from typing import Any, ClassVar
 
 from absl import flags
+from etils import epath
 
 import nets
 from experiments import optim
@@ -186,9 +187,12 @@ class Config:
     for what, name, hparams, known in (("model", self.model, self.model_hparams, nets.hparams(self.model)),
                                        ("objective", self.objective, self.objective_hparams,
                                         nets.objectives.hparams(self.objective))):
-      for field in hparams:
+      for field, value in hparams.items():
         if field not in known:
           raise ConfigError(f"{what} {name!r} has no hyperparameter {field!r}; it has: {', '.join(known) or 'none'}")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+          raise ConfigError(f"--{name}.{field}={_text(value)} must be "
+                            + ("finite numbers" if isinstance(value, tuple) else "a finite number"))
     try:  # the model's and the objective's own checks (names, ranges) before any data is read
       nets.create(self.model, **self.model_hparams)
     except ValueError as e:
@@ -311,14 +315,18 @@ def from_flags(values: flags.FlagValues = flags.FLAGS) -> Config:
   return Config(**kwargs)
 
 
-def from_workdir(workdir: str) -> Config:
+def from_workdir(workdir: str | os.PathLike) -> Config:
   """The Config a run was trained with, from its workdir/flags.flags."""
-  path = os.path.join(workdir, "flags.flags")
-  if not os.path.isfile(path):
-    raise ConfigError(f"--workdir={workdir!r} has no flags.flags: not a run directory")
+  path = epath.Path(workdir) / "flags.flags"
+  if not path.exists():
+    raise ConfigError(f"--workdir={workdir} has no flags.flags: not a run directory")
   values = flags.FlagValues()
   define_flags(values)
-  values(["run", f"--flagfile={path}"])
+  lines = [line.strip() for line in path.read_text().splitlines() if line.strip().startswith("--")]
+  try:
+    values(["run", *lines])
+  except flags.Error as e:
+    raise ConfigError(f"{path}: {e}") from None
   return from_flags(values)
 
 
@@ -326,6 +334,41 @@ def _text(value: Any) -> str:
   if isinstance(value, tuple):
     return ",".join(map(str, value))
   return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# Flags whose change makes another model or other data: a checkpoint of one does not resume
+# as the other (`resume_changes`).
+FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path")
+
+
+def flag_values(config: Config) -> dict[str, str]:
+  """Every flag of `config` as text, the model's and objective's hyperparameters included
+  (their defaults where unset)."""
+  values = dict(line[2:].split("=", 1) for line in to_flagfile(config).splitlines())
+  for kind, name, known in (("model", config.model, config.model_hparams),
+                            ("objective", config.objective, config.objective_hparams)):
+    fields = nets.hparams(name) if kind == "model" else nets.objectives.hparams(name)
+    for field, f in fields.items():
+      values.setdefault(f"{name}.{field}", _text(known.get(field, f.default)))
+  return values
+
+
+def resume_changes(saved: Config, new: Config) -> tuple[list[str], list[str]]:
+  """The flags that differ between a run's saved config and the one it is resumed with, as
+  "--NAME=OLD -> NEW": those that make another model or data (refused), and the others
+  (allowed: more steps, other logging or evaluation cadence, another learning rate...)."""
+  a, b = flag_values(saved), flag_values(new)
+  fixed_prefixes = {f"{c.model}." for c in (saved, new)} | {f"{c.objective}." for c in (saved, new)}
+  # Another model (objective): its name says it; the two's hyperparameters are not compared.
+  unlisted = ({f"{c.model}." for c in (saved, new)} if saved.model != new.model else set()) | (
+      {f"{c.objective}." for c in (saved, new)} if saved.objective != new.objective else set())
+  refused, allowed = [], []
+  for name in sorted(set(a) | set(b)):
+    if a.get(name) != b.get(name) and not any(name.startswith(p) for p in unlisted):
+      change = f"--{name}={a.get(name, '(none)')} -> {b.get(name, '(none)')}"
+      fixed = name in FIXED_ON_RESUME or any(name.startswith(p) for p in fixed_prefixes)
+      (refused if fixed else allowed).append(change)
+  return refused, allowed
 
 
 def to_flagfile(config: Config) -> str:

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import math
 import os
+import re
+import sys
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
@@ -38,6 +41,9 @@ from experiments.datasets import char_text, numbers_to_words
 
 # Keep TensorFlow off accelerators: JAX owns them.
 tf.config.set_visible_devices([], "GPU")
+if not sys.stderr.isatty():  # progress bars are escape codes in a log file
+  tfds.disable_progress_bar()
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retries: one line says why (prepared)
 
 Batch = dict[str, np.ndarray]
 
@@ -70,7 +76,21 @@ def prepared(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetB
   others then make their builder afresh from the prepared files."""
   with _prepare_lock(make()):
     b = make()
-    b.download_and_prepare()
+    # A download that fails is tried twice more, not five times with growing pauses: offline, a
+    # catalog dataset that is not prepared fails in seconds instead of minutes.
+    from tensorflow_datasets.core.download import downloader  # pylint: disable=import-outside-toplevel
+    downloader.MAX_RETRIES = min(downloader.MAX_RETRIES, 2)
+    try:
+      b.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except  (no network, a host down...)
+      if b.name in {n.split("/")[0] for n in experiments.datasets.OFFLINE_DATASETS} or b.is_prepared():
+        raise
+      root = os.path.dirname(os.path.dirname(os.fspath(b.data_dir)))
+      reasons = re.findall(r"\[Errno -?\d+\] [^'\")]+", str(e))  # the operating system's reason, if any
+      why = reasons[-1] if reasons else " ".join(str(e).split())[:160]
+      raise ConfigError(f"--dataset={b.name} is not prepared in {root} and could not be downloaded "
+                        f"({type(e).__name__}: {why}); prepare it where there is internet (tfds build {b.name} "
+                        "--data_dir=DIR) and pass --data_dir=DIR") from None
   return b
 
 

@@ -12,6 +12,7 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -63,15 +64,45 @@ class Clock:
 class Logger:
   """Writes metrics from process 0 only; every other process's calls do nothing."""
 
-  def __init__(self, workdir: str, total_steps: int, tokens_per_step: int | None = None):
+  def __init__(self, workdir: str | os.PathLike, total_steps: int, tokens_per_step: int | None = None,
+               start_step: int = 0):
+    """A run resumed from `start_step` writes again what its log holds after that step (and,
+    when it resumes at the end, the final evaluation): those rows are dropped, so each step
+    appears once."""
     self.chief = jax.process_index() == 0
     self.total_steps = total_steps
     self.tokens_per_step = tokens_per_step
     if self.chief:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      workdir = epath.Path(workdir)
+      workdir.mkdir(parents=True, exist_ok=True)
+      path = workdir / "metrics.jsonl"
+      at_start = []  # the rows kept at start_step
+      if path.exists():
+        kept = []
+        for line in path.read_text().splitlines(keepends=True):
+          row = json.loads(line) if line.strip() else None
+          if row and (row["step"] < start_step or (row["step"] == start_step and (
+              start_step < total_steps or any(k.startswith("train/") for k in row)))):
+            kept.append(line)
+            at_start += [row] if row["step"] == start_step else []
+        tmp = workdir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+      self._jsonl = path.open("a")
       # TensorBoard's own event writer (plain protocol buffers: no TensorFlow op per scalar).
-      self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = EventFileWriter(os.fspath(workdir / "tensorboard"))
+      if start_step:
+        # TensorBoard drops the earlier files' events from this step on (one run, each step
+        # once); the rows kept at this step are written again after the marker.
+        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=start_step,
+                                           session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        for row in at_start:
+          self._event(row.pop("step"), row)
+
+  def _event(self, step: int, metrics: Mapping[str, float]) -> None:
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+    self._tb.flush()
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.chief:
@@ -79,9 +110,7 @@ class Logger:
     clean = {k: float(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
     self._jsonl.flush()
-    values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()]
-    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
-    self._tb.flush()
+    self._event(step, clean)
 
   def progress(self, step: int, metrics: Mapping[str, float], rate: float | None,
                eta: float | None) -> None:
@@ -97,6 +126,14 @@ class Logger:
         parts.append(f"{rate * self.tokens_per_step / 1000:.1f}k tok/s")
       parts.append(f"ETA {_fmt_duration(eta)}")
     print(" | ".join(parts), flush=True)
+
+  def evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Prints one line: an evaluation's metrics."""
+    if not self.chief:
+      return
+    parts = [f"{k[len('eval/'):]} {_fmt_value(v)}" for k, v in metrics.items()
+             if k.startswith("eval/") and k[len("eval/"):] not in _NOT_SHOWN]
+    print(f"eval {step:>{len(str(self.total_steps))}}/{self.total_steps} | " + " | ".join(parts), flush=True)
 
   def info(self, message: str) -> None:
     if self.chief:
@@ -120,13 +157,12 @@ def _fmt_value(v: float) -> str:
   return f"{v:.4f}"
 
 
-def write_json(path: str, payload: Mapping) -> None:
+def write_json(path: str | os.PathLike, payload: Mapping) -> None:
   """Writes JSON atomically (temporary file + rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
-    f.write("\n")
-  os.replace(tmp, path)
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+  tmp.replace(path)
 
 
 def _jsonable(x):

@@ -64,11 +64,14 @@ def main() -> None:
   if not FLAGS.workdir and distributed.is_multiprocess():
     raise config_lib.ConfigError("a multi-process run needs --workdir (the same folder for every process)")
 
-  from experiments import train  # pylint: disable=g-import-not-at-top  (after flags: imports jax, tf)
+  from experiments import checkpoint, train  # pylint: disable=g-import-not-at-top  (after flags: imports jax, tf)
   try:
-    train.train_and_evaluate(config, workdir)
-  except train.NonFiniteLoss as e:
+    result = train.train_and_evaluate(config, workdir)
+  except (train.NonFiniteLoss, checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as e:  # a log or sample that could not be written (a full disk, a folder gone...)
+    print(f"error: {e}; the checkpoints in {workdir} are kept: run the same command to resume", file=sys.stderr)
     sys.exit(1)
   except jax.errors.JaxRuntimeError as e:
     if not distributed.is_multiprocess():
@@ -82,6 +85,8 @@ def main() -> None:
           f"because another process of the run died ({first_line}). Checkpoints are kept in {workdir}; "
           "run the same command to resume.", file=sys.stderr, flush=True)
     os._exit(1)  # pylint: disable=protected-access
+  if result.get("stopped") == "SIGINT":
+    sys.exit(130)  # as a shell reports Ctrl-C; SIGTERM (a scheduler's preemption) exits 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ scores:
 from __future__ import annotations
 
 import json
-import os
 
 from experiments import runtime
 
@@ -33,9 +32,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import flags
+from etils import epath
 from scipy import linalg
 
-from experiments import build, cli, data, samples
+from experiments import build, cli, data, logs, samples
 from experiments.config import ConfigError
 
 FLAGS = flags.FLAGS
@@ -126,8 +126,7 @@ def score(workdir: str, classifier: str, num_samples: int = 1000, seed: int = 0)
 
 def main() -> None:
   result = score(FLAGS.workdir, FLAGS.classifier, FLAGS.num_samples, FLAGS.seed)
-  with open(os.path.join(FLAGS.workdir, "sample_quality.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
+  logs.write_json(epath.Path(FLAGS.workdir) / "sample_quality.json", result)
   print(json.dumps(result))
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import wave
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterable
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 
 import nets
 from nets.apply import Apply
@@ -33,30 +35,36 @@ from experiments.data import Batch, Source, Tokenizer
 Writer = Callable[[Any, int], dict[str, float]]  # (train state, step) -> metrics
 
 
-def _path(workdir: str, step: int, suffix: str) -> str:
-  directory = os.path.join(workdir, "samples")
-  os.makedirs(directory, exist_ok=True)
-  return os.path.join(directory, f"step_{step:06d}{suffix}")
+def _path(workdir: str | os.PathLike, step: int, suffix: str) -> epath.Path:
+  directory = epath.Path(workdir) / "samples"
+  directory.mkdir(parents=True, exist_ok=True)
+  return directory / f"step_{step:06d}{suffix}"
 
 
-def _write_text(workdir: str, step: int, text: str) -> None:
+def _write(path: str | os.PathLike, data: bytes) -> None:
+  """`data` into `path` atomically: a temporary file, then renamed (any epath folder)."""
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_bytes(data)
+  tmp.replace(path)
+
+
+def _write_text(workdir: str | os.PathLike, step: int, text: str) -> None:
   if jax.process_index() != 0:
     return
-  path = _path(workdir, step, ".txt")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  _write(_path(workdir, step, ".txt"), text.encode("utf-8"))
 
 
-def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
   """Mono float audio in [-1, 1] as a 16-bit PCM WAV file (written atomically)."""
   pcm = (np.clip(np.asarray(audio, np.float64), -1.0, 1.0) * 32767).astype("<i2")
-  with wave.open(path + ".tmp", "wb") as f:
+  buffer = io.BytesIO()
+  with wave.open(buffer, "wb") as f:
     f.setnchannels(1)
     f.setsampwidth(2)
     f.setframerate(sample_rate)
     f.writeframes(pcm.tobytes())
-  os.replace(path + ".tmp", path)
+  _write(path, buffer.getvalue())
 
 
 def _figure():
@@ -66,11 +74,12 @@ def _figure():
   return plt
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path: str | os.PathLike) -> None:
   plt = _figure()
-  fig.savefig(path + ".tmp.png", dpi=100, bbox_inches="tight")
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
-  os.replace(path + ".tmp.png", path)
+  _write(path, buffer.getvalue())
 
 
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
@@ -93,8 +102,9 @@ def save_images(path: str, images: np.ndarray, columns: int | None = None) -> No
   grid = np.kron(grid, np.ones((scale, scale, 1), np.float32))
   if grid.shape[-1] == 1:
     grid = np.repeat(grid, 3, axis=-1)
-  _figure().imsave(path + ".tmp.png", grid)
-  os.replace(path + ".tmp.png", path)
+  buffer = io.BytesIO()
+  _figure().imsave(buffer, grid, format="png")
+  _write(path, buffer.getvalue())
 
 
 def save_signals(path: str, signals: np.ndarray, references: np.ndarray | None = None) -> None:

@@ -14,6 +14,7 @@ the final evaluation and `summary.json`.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
@@ -25,14 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 import nets
 from experiments import build as build_lib
 from experiments import checkpoint, data, dispatch, logs, runtime, samples
+from experiments import workdir as workdir_lib
 from experiments import feed as feed_lib
 from experiments import config as config_lib
 from experiments.build import TrainState
-from experiments.config import Config
+from experiments.config import Config, ConfigError
 from experiments.parallel import DataParallel
 from nets.apply import Apply
 
@@ -157,27 +160,37 @@ def prepare(config: Config) -> Run:
   return Run(par, source, feed, data_read_at, built, state, state_sharding, steps, eval_key)
 
 
-class _Sigterm:
-  """Turns SIGTERM into a flag the loop checks after each dispatch."""
+class _Signals:
+  """SIGTERM and SIGINT (Ctrl-C) as a flag the loop reads after each dispatch: it then saves a
+  checkpoint and stops. Before the loop (reading data, compiling) there is nothing to save,
+  so a signal stops the process at once; so does a second Ctrl-C."""
+
+  NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
   def __init__(self):
-    self.raised = False
-    self._previous = None
+    self.received: int | None = None
+    self.in_loop = False
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    for sig in self.NAMES:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+    del frame
+    if not self.in_loop or (signum == signal.SIGINT and self.received == signal.SIGINT):
+      why = "a second Ctrl-C" if self.in_loop else f"{self.NAMES[signum]} before the first step"
+      print(f"error: stopped by {why}; nothing saved since the last checkpoint", file=sys.stderr, flush=True)
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.received = signum
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 class _Pending:
@@ -189,56 +202,104 @@ class _Pending:
   def add(self, metrics: dict[str, jax.Array]) -> None:
     self._metrics.append(metrics)
 
-  def fetch(self, step: int, last_good: int, directory: str) -> dict[str, float]:
+  def fetch(self, step: int, kept: str) -> dict[str, float]:
     """The metrics' means over the steps since the last fetch (`NORMS`: at the last step);
-    raises NonFiniteLoss on NaN/inf, naming the last good checkpoint."""
+    raises NonFiniteLoss on NaN/inf, saying which checkpoint is kept."""
     fetched = {k: np.concatenate([np.asarray(m[k]).reshape(-1) for m in jax.device_get(self._metrics)])
                for k in self._metrics[0]}
     self._metrics.clear()
     losses = fetched["train/loss"]
     if not np.all(np.isfinite(losses)):
       bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
-      raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. "
-                          f"The last good checkpoint (step {last_good}) is kept in {directory}")
+      raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. {kept}")
     return {k: float(v[-1] if k in NORMS else np.mean(v)) for k, v in fetched.items()}
 
 
-def _write_flagfile(config: Config, workdir: str) -> None:
-  """Writes workdir/flags.flags, which reproduces the run; warns if a resumed run's flags changed."""
+@jax.jit
+def _finite(state: TrainState) -> jax.Array:
+  """Whether every parameter, optimizer statistic and model variable is finite."""
+  leaves = [x for x in jax.tree.leaves((state.params, state.opt_state, state.model_state))
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def _saved_config(workdir: epath.Path) -> Config | None:
+  """The config of the run a workdir holds (its flags.flags), if it holds a checkpoint."""
+  if not (workdir / "flags.flags").exists() or not (workdir / "checkpoints").exists():
+    return None
+  if not any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
+    return None
+  return config_lib.from_workdir(workdir)
+
+
+def _fresh_start(workdir: epath.Path) -> str:
+  return f"choose another --workdir to start afresh (or resume with --flagfile={workdir / 'flags.flags'})"
+
+
+def _write_flagfile(config: Config, workdir: epath.Path, start_step: int, changed: list[str]) -> None:
+  """Writes workdir/flags.flags, which reproduces the run; a resumed run's changed flags are
+  also appended to workdir/resumes.jsonl."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "flags.flags")
-  text = config_lib.to_flagfile(config) + f"--workdir={workdir}\n"
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      changed = sorted(set(text.splitlines()) - set(f.read().splitlines()))
-    if changed:
-      print(f"warning: resuming {workdir} with changed flags: {' '.join(changed)}", file=sys.stderr)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  (workdir / "flags.flags").write_text(config_lib.to_flagfile(config) + f"--workdir={workdir}\n")
+  if changed:
+    with (workdir / "resumes.jsonl").open("a") as f:
+      f.write(json.dumps({"step": start_step, "changed": changed}) + "\n")
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: Config, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
   Returns the summary (also written to `workdir/summary.json`), or, when stopped by
-  SIGTERM, a dict with "stopped": True after saving a checkpoint.
+  SIGTERM or SIGINT, {"stopped": "SIGTERM" or "SIGINT", "step": ...} after saving a
+  checkpoint. The workdir is checked and locked before any data is read (`Workdir`).
   """
   start_time = time.perf_counter()
+  folder = workdir_lib.Workdir(workdir)
+  with _Signals() as signals:
+    if jax.process_index() == 0:
+      folder.check()
+      folder.lock()
+    try:
+      return _train(config, folder.path, signals, start_time)
+    finally:
+      folder.release()
+
+
+def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: float) -> dict[str, Any]:
+  saved = _saved_config(workdir)
+  changed = []
+  if saved is not None:  # a resumed run: the same model on the same data, before anything is read
+    refused, changed = config_lib.resume_changes(saved, config)
+    if refused:
+      raise ConfigError(f"--workdir={workdir} holds a run of another model or data ({'; '.join(refused)}); "
+                        + _fresh_start(workdir))
   run = prepare(config)  # build
   par, source, steps, built = run.par, run.source, run.steps, run.built
   state, run = run.state, run._replace(state=None)  # a resumed run's initial state is freed once restored
   num_params = build_lib.count_params(state.params)
 
-  _write_flagfile(config, workdir)  # only once the input is known to be valid
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
+  latest = ckpts.latest_step()
+  start_step = 0
+  if latest is not None and latest > config.steps:
+    raise ConfigError(f"--steps={config.steps} but --workdir={workdir} holds a checkpoint at step {latest}: pass "
+                      "more --steps to train it further, or choose another --workdir to start afresh")
+  if latest is not None:  # restore
+    misfits = ckpts.mismatches(state)
+    if misfits:
+      raise ConfigError(f"--workdir={workdir} holds a checkpoint of another state ({'; '.join(misfits[:3])}"
+                        f"{'; ...' if len(misfits) > 3 else ''}; changed flags: {'; '.join(changed) or 'none'}); "
+                        + _fresh_start(workdir))
+    restored, start_step = ckpts.restore_intact(state)
+    if restored is not None:
+      state = restored
+  _write_flagfile(config, workdir, start_step, changed)  # only once the input is known to be valid
   tokens_per_step = config.batch_size * config.block_size if source.windows is not None else None
-  log = logs.Logger(workdir, config.steps, tokens_per_step)
-  start_step = ckpts.latest_step() or 0  # restore
+  log = logs.Logger(workdir, config.steps, tokens_per_step, start_step)
   if start_step:
-    state = ckpts.restore(state)
-    log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}")
+    log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}"
+             + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
   log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, run.state_sharding))
@@ -262,47 +323,60 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
     return {**evaluate(p_eval, state, batches, run.eval_key, "eval"),
             **{f"eval/{k}": float(v) for k, v in extra.items()}}
 
-  steps.compile(start_step)  # before the clock starts
-  pending, last_good, step = _Pending(), start_step, start_step
-  clock = logs.Clock(start_step, config.steps)
-  with _Sigterm() as sigterm, steps.spans(start_step) as spans:
-    for span in spans:
-      state, metrics = steps(state, span)  # step
-      pending.add(metrics)
-      step = span.end
-      done, stop = step == config.steps, sigterm.raised
-      should_log = step % config.log_every == 0 or done
-      should_eval = (config.eval_every and step % config.eval_every == 0) and not done  # (the final one: below)
-      should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done or stop
-      if should_log or should_save:  # log
-        try:
-          means = pending.fetch(step, last_good, ckpts.directory)
-        except NonFiniteLoss:
-          ckpts.close()
-          log.close()
-          raise
-        if should_log:
-          rate, eta = clock.lap(step)
-          log.progress(step, means, rate, eta)
-          log.write(step, {**means, **({"train/steps_per_sec": rate} if rate else {})})
-      if should_eval or should_save:
-        jax.block_until_ready(state)  # the steps' time ends here, before the clock pauses
-      with clock.paused():  # evaluation and checkpoints do not count as training time
-        if should_eval:  # evaluate
-          log.write(step, run_eval(step))
-        if should_save:  # checkpoint
-          ckpts.save(step, par.global_state(state))
-          last_good = step
-      if stop:
-        log.info(f"SIGTERM: saved the checkpoint at step {step}; run the same command to resume.")
-        ckpts.close()
-        log.close()
-        return {"stopped": True, "step": step}
+  def kept() -> str:  # which checkpoint a stopped run leaves
+    last = ckpts.latest_step()
+    return (f"The last good checkpoint (step {last}) is kept in {ckpts.directory}" if last is not None
+            else "No checkpoint was saved before it")
 
-  ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
-  final = run_eval(step, final_batches)
-  log.write(step, final)
-  ckpts.close()
+  steps.compile(start_step)  # before the clock starts
+  pending, step = _Pending(), start_step
+  clock = logs.Clock(start_step, config.steps)
+  signals.in_loop = True
+  try:
+    with steps.spans(start_step) as spans:
+      for span in spans:
+        state, metrics = steps(state, span)  # step
+        pending.add(metrics)
+        step = span.end
+        done, stop = step == config.steps, signals.received
+        should_log = step % config.log_every == 0 or done
+        should_eval = (config.eval_every and step % config.eval_every == 0) and not done  # (the final one: below)
+        should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done or stop
+        if should_log or should_save:  # log
+          means = pending.fetch(step, kept())
+          if should_log:
+            rate, eta = clock.lap(step)
+            log.progress(step, means, rate, eta)
+            log.write(step, {**means, **({"train/steps_per_sec": rate} if rate else {})})
+        if should_eval or should_save:
+          jax.block_until_ready(state)  # the steps' time ends here, before the clock pauses
+        with clock.paused():  # evaluation and checkpoints do not count as training time
+          if should_eval:  # evaluate
+            metrics = run_eval(step)
+            log.evaluation(step, metrics)
+            log.write(step, metrics)
+          if should_save:  # checkpoint: only a state whose every number is finite
+            if not bool(_finite(state)):
+              raise NonFiniteLoss(f"the state became NaN or infinite by step {step}; stopping. {kept()}")
+            ckpts.save(step, par.global_state(state))
+        if stop:
+          ckpts.wait()
+          name = signals.NAMES[stop]
+          log.info(f"{name}: saved the checkpoint at step {step}; run the same command to resume.")
+          return {"stopped": name, "step": step}
+    train_steps_per_sec = clock.steps_per_sec(step)  # the training steps only
+    waited = time.perf_counter()
+    ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
+    signals.in_loop = False  # (a signal now has nothing left to save)
+    evaluated = time.perf_counter()
+    final = run_eval(step, final_batches)
+    final_eval_s, checkpoint_wait_s = time.perf_counter() - evaluated, evaluated - waited
+    log.evaluation(step, final)
+    log.write(step, final)
+  finally:
+    signals.in_loop = False
+    ckpts.close()
+    log.close()
   summary = {
       **final,
       "step": step,
@@ -313,13 +387,18 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, Any]:
       "compile_s": steps.compile_s,  # the training steps'
       "steps_per_dispatch": steps.k,
       "feed": type(run.feed).__name__,  # Examples, Windows (held on the devices) or Streamed
-      "train_steps_per_sec": clock.steps_per_sec(step),
+      "train_steps_per_sec": train_steps_per_sec,  # evaluations and checkpoints not counted: below
+      "final_eval_s": final_eval_s,
+      "checkpoint_wait_s": checkpoint_wait_s,  # for the last checkpoint, before the final evaluation
   }
   if tokens_per_step:
     summary["train_tokens_per_sec"] = summary["train_steps_per_sec"] * tokens_per_step
   if jax.process_index() == 0:
-    logs.write_json(os.path.join(workdir, "summary.json"), summary)
+    logs.write_json(workdir / "summary.json", summary)
   log.info("Final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in summary.items()))
-  log.close()
+  sample = (f"; sample from it: python -m experiments.sample --workdir={workdir}"
+            if config.objective in ("lm", "seq2seq") else "")
+  log.info(f"Workdir {workdir}. Train it further: python -m experiments.run --flagfile={workdir}/flags.flags "
+           f"--steps=N{sample}")
   return summary
