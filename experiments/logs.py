@@ -85,9 +85,7 @@ class Logger:
               start_step < total_steps or any(k.startswith("train/") for k in row)))):
             kept.append(line)
             at_start += [row] if row["step"] == start_step else []
-        tmp = workdir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        write_atomic(path, "".join(kept))
       self._jsonl = path.open("a")
       # TensorBoard's own event writer (plain protocol buffers: no TensorFlow op per scalar).
       self._tb = EventFileWriter(os.fspath(workdir / "tensorboard"))
@@ -157,12 +155,21 @@ def _fmt_value(v: float) -> str:
   return f"{v:.4f}"
 
 
-def write_json(path: str | os.PathLike, payload: Mapping) -> None:
-  """Writes JSON atomically (temporary file + rename)."""
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes `data` into `path` atomically: a temporary file beside it, then renamed (any
+  etils.epath folder, cloud storage too)."""
   path = epath.Path(path)
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+  if isinstance(data, bytes):
+    tmp.write_bytes(data)
+  else:
+    tmp.write_text(data)
   tmp.replace(path)
+
+
+def write_json(path: str | os.PathLike, payload: Mapping) -> None:
+  """Writes JSON atomically."""
+  write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
 def _jsonable(x):

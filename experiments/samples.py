@@ -29,6 +29,7 @@ from etils import epath
 
 import nets
 from nets.apply import Apply
+from experiments import logs
 from experiments.config import Config
 from experiments.data import Batch, Source, Tokenizer
 
@@ -41,18 +42,10 @@ def _path(workdir: str | os.PathLike, step: int, suffix: str) -> epath.Path:
   return directory / f"step_{step:06d}{suffix}"
 
 
-def _write(path: str | os.PathLike, data: bytes) -> None:
-  """`data` into `path` atomically: a temporary file, then renamed (any epath folder)."""
-  path = epath.Path(path)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_bytes(data)
-  tmp.replace(path)
-
-
 def _write_text(workdir: str | os.PathLike, step: int, text: str) -> None:
   if jax.process_index() != 0:
     return
-  _write(_path(workdir, step, ".txt"), text.encode("utf-8"))
+  logs.write_atomic(_path(workdir, step, ".txt"), text.encode("utf-8"))
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
@@ -64,7 +57,7 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> N
     f.setsampwidth(2)
     f.setframerate(sample_rate)
     f.writeframes(pcm.tobytes())
-  _write(path, buffer.getvalue())
+  logs.write_atomic(path, buffer.getvalue())
 
 
 def _figure():
@@ -79,7 +72,7 @@ def _save(fig, path: str | os.PathLike) -> None:
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
   plt.close(fig)
-  _write(path, buffer.getvalue())
+  logs.write_atomic(path, buffer.getvalue())
 
 
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
@@ -104,7 +97,7 @@ def save_images(path: str, images: np.ndarray, columns: int | None = None) -> No
     grid = np.repeat(grid, 3, axis=-1)
   buffer = io.BytesIO()
   _figure().imsave(buffer, grid, format="png")
-  _write(path, buffer.getvalue())
+  logs.write_atomic(path, buffer.getvalue())
 
 
 def save_signals(path: str, signals: np.ndarray, references: np.ndarray | None = None) -> None:

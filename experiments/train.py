@@ -202,16 +202,16 @@ class _Pending:
   def add(self, metrics: dict[str, jax.Array]) -> None:
     self._metrics.append(metrics)
 
-  def fetch(self, step: int, kept: str) -> dict[str, float]:
+  def fetch(self, step: int, kept: Callable[[], str]) -> dict[str, float]:
     """The metrics' means over the steps since the last fetch (`NORMS`: at the last step);
-    raises NonFiniteLoss on NaN/inf, saying which checkpoint is kept."""
+    raises NonFiniteLoss on NaN/inf, saying which checkpoint is `kept()`."""
     fetched = {k: np.concatenate([np.asarray(m[k]).reshape(-1) for m in jax.device_get(self._metrics)])
                for k in self._metrics[0]}
     self._metrics.clear()
     losses = fetched["train/loss"]
     if not np.all(np.isfinite(losses)):
       bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
-      raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. {kept}")
+      raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. {kept()}")
     return {k: float(v[-1] if k in NORMS else np.mean(v)) for k, v in fetched.items()}
 
 
@@ -343,7 +343,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
         should_eval = (config.eval_every and step % config.eval_every == 0) and not done  # (the final one: below)
         should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done or stop
         if should_log or should_save:  # log
-          means = pending.fetch(step, kept())
+          means = pending.fetch(step, kept)
           if should_log:
             rate, eta = clock.lap(step)
             log.progress(step, means, rate, eta)
