@@ -130,7 +130,13 @@ class Config:
                          "beside the repository).")
   data_dir: str = _data("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
   train_split: str = _data("train", "TFDS split to train on.")
-  eval_split: str = _data("test", "TFDS split to evaluate on.")
+  eval_split: str = _data("test", "TFDS split to evaluate on (with --validation_fraction: the test split, "
+                          "evaluated once, at the end).")
+  validation_fraction: float = _data(0.0, "Carve this fraction of --train_split (a whole percentage: its last "
+                                     "examples) out as a validation split: the evaluations during training use it, "
+                                     "and --eval_split is evaluated once, at the end (0: none).", lower=0.0)
+  train_examples: int = _data(0, "Train on the first this many examples of --train_split, before the validation "
+                              "split (0: all of them).", lower=0)
   batch_size: int = _data(100, "Global training batch size (all devices and processes).", lower=1)
   eval_batch_size: int = _data(1000, "Global evaluation batch size.", lower=1)
   shuffle: bool = _data(True, "Shuffle the training data each epoch (false: take it in order).")
@@ -201,6 +207,13 @@ class Config:
       nets.objectives.create(self.objective, **self.objective_hparams)
     except ValueError as e:
       raise ConfigError(f"--objective={self.objective}: {e}") from None
+    if self.validation_fraction and (self.validation_fraction >= 1 or
+                                     abs(self.validation_fraction * 100 - self._validation_percent) > 1e-9):
+      raise ConfigError(f"--validation_fraction={self.validation_fraction} must be a whole percentage in (0, 1), "
+                        "e.g. 0.1")
+    if (self.validation_fraction or self.train_examples) and "[" in self.train_split:
+      raise ConfigError(f"--train_split={self.train_split} is already a slice: --validation_fraction and "
+                        "--train_examples slice the whole split")
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
@@ -212,6 +225,25 @@ class Config:
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
       raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
+
+  @property
+  def _validation_percent(self) -> int:
+    return round(self.validation_fraction * 100)
+
+  @property
+  def fit_split(self) -> str:
+    """The examples trained on: --train_split less the validation split, bounded by
+    --train_examples (TFDS slicing)."""
+    if self.train_examples:
+      return f"{self.train_split}[:{self.train_examples}]"
+    if self.validation_fraction:
+      return f"{self.train_split}[:{100 - self._validation_percent}%]"
+    return self.train_split
+
+  @property
+  def validation_split(self) -> str | None:
+    """The validation examples (the last --validation_fraction of --train_split), if any."""
+    return f"{self.train_split}[{100 - self._validation_percent}%:]" if self.validation_fraction else None
 
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -338,7 +370,8 @@ def _text(value: Any) -> str:
 
 # Flags whose change makes another model or other data: a checkpoint of one does not resume
 # as the other (`resume_changes`).
-FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path")
+FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "train_split", "validation_fraction",
+                   "train_examples")
 
 
 def flag_values(config: Config) -> dict[str, str]:

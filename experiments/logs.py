@@ -118,7 +118,7 @@ class Logger:
     if not self.chief:
       return
     parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"]
-    parts += [f"{k[len('train/'):]} {_fmt_value(v)}" for k, v in metrics.items()
+    parts += [f"{k[len('train/'):]} {fmt_value(v)}" for k, v in metrics.items()
               if k.startswith("train/") and k[len("train/"):] not in _NOT_SHOWN]
     if rate:
       parts.append(f"{rate:.1f} steps/s")
@@ -128,12 +128,14 @@ class Logger:
     print(" | ".join(parts), flush=True)
 
   def evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Prints one line: an evaluation's metrics."""
+    """Prints an evaluation's metrics: one line per split ("val/", then "eval/")."""
     if not self.chief:
       return
-    parts = [f"{k[len('eval/'):]} {_fmt_value(v)}" for k, v in metrics.items()
-             if k.startswith("eval/") and k[len("eval/"):] not in _NOT_SHOWN]
-    print(f"eval {step:>{len(str(self.total_steps))}}/{self.total_steps} | " + " | ".join(parts), flush=True)
+    for prefix in ("val", "eval"):
+      parts = [f"{k[len(prefix) + 1:]} {fmt_value(v)}" for k, v in metrics.items()
+               if k.startswith(prefix + "/") and k[len(prefix) + 1:] not in _NOT_SHOWN]
+      if parts:
+        print(f"{prefix} {step:>{len(str(self.total_steps))}}/{self.total_steps} | " + " | ".join(parts), flush=True)
 
   def info(self, message: str) -> None:
     if self.chief:
@@ -150,7 +152,7 @@ _NOT_SHOWN = ("grad_norm", "update_norm", "param_norm", "learning_rate", "cross_
               "teacher_forced_match")
 
 
-def _fmt_value(v: float) -> str:
+def fmt_value(v: float) -> str:
   v = float(v)
   if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
     return f"{v:.3e}"

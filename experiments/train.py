@@ -307,21 +307,33 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   p_eval = par.compile(functools.partial(eval_step, model=built.model, objective=built.objective, call=built.call),
                        run.state_sharding, returns_state=False)
   reading = time.perf_counter()
+  # With a validation split, the evaluations during training use it ("val/" metrics) and the
+  # test split (--eval_split, "eval/") is read once, after the last step.
   host_eval_batches = data.eval_batches(config, source)
-  eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.runtime.device_data_mb * 2**20)
+  validating = config.validation_split is not None
+  host_periodic = data.EvalBatches(config, source.builder, config.validation_split) if validating else host_eval_batches
+  prefix = "val" if validating else "eval"
+  eval_batches = feed_lib.DeviceBatches(host_periodic, par.put_batch, config.runtime.device_data_mb * 2**20)
   final_batches = eval_batches
   if source.windows is not None and config.final_eval_batches not in (0, config.eval_batches):
     final_batches = feed_lib.DeviceBatches(data.eval_batches(config, source, final=True), par.put_batch, 0)
   if config.eval_every or final_batches is eval_batches:
     eval_batches.load()  # read with the training data, outside the training time, when it fits
   read_s = run.data_read_at - start_time + time.perf_counter() - reading  # reading the data
-  write_samples = samples.writer(config, built.model, built.objective, source, host_eval_batches, workdir)
+  write_samples = samples.writer(config, built.model, built.objective, source, host_periodic, workdir)
   log.info(f"{run.feed.describe()}; {steps.k} step(s) per dispatch")
 
   def run_eval(step: int, batches: Any = eval_batches) -> dict[str, float]:
     extra = write_samples(state, step) if write_samples else {}
-    return {**evaluate(p_eval, state, batches, run.eval_key, "eval"),
-            **{f"eval/{k}": float(v) for k, v in extra.items()}}
+    return {**evaluate(p_eval, state, batches, run.eval_key, prefix),
+            **{f"{prefix}/{k}": float(v) for k, v in extra.items()}}
+
+  def final_eval(step: int) -> dict[str, float]:
+    metrics = run_eval(step, final_batches)
+    if validating:  # the test split, once
+      metrics.update(evaluate(p_eval, state, feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0),
+                              run.eval_key, "eval"))
+    return metrics
 
   def kept() -> str:  # which checkpoint a stopped run leaves
     last = ckpts.latest_step()
@@ -369,7 +381,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
     signals.in_loop = False  # (a signal now has nothing left to save)
     evaluated = time.perf_counter()
-    final = run_eval(step, final_batches)
+    final = final_eval(step)
     final_eval_s, checkpoint_wait_s = time.perf_counter() - evaluated, evaluated - waited
     log.evaluation(step, final)
     log.write(step, final)
@@ -377,6 +389,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     signals.in_loop = False
     ckpts.close()
     log.close()
+  flops_per_step = steps.matmul_flops_per_step()
   summary = {
       **final,
       "step": step,
@@ -388,6 +401,10 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
       "steps_per_dispatch": steps.k,
       "feed": type(run.feed).__name__,  # Examples, Windows (held on the devices) or Streamed
       "train_steps_per_sec": train_steps_per_sec,  # evaluations and checkpoints not counted: below
+      # Compute: the matrix products of a step (counted from the traced program, experiments/flops.py)
+      # times the steps trained, from the first (a resumed run's earlier steps included).
+      "matmul_flops_per_step": flops_per_step,
+      "train_flops": flops_per_step * step,
       "final_eval_s": final_eval_s,
       "checkpoint_wait_s": checkpoint_wait_s,  # for the last checkpoint, before the final evaluation
   }
@@ -395,7 +412,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     summary["train_tokens_per_sec"] = summary["train_steps_per_sec"] * tokens_per_step
   if jax.process_index() == 0:
     logs.write_json(workdir / "summary.json", summary)
-  log.info("Final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+  log.info("Final: " + ", ".join(f"{k} {logs.fmt_value(v)}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in summary.items()))
   sample = (f"; sample from it: python -m experiments.sample --workdir={workdir}"
             if config.objective in ("lm", "seq2seq") else "")

@@ -1,0 +1,92 @@
+"""A validation split carved from the training data, the test split read once at the end,
+--train_examples, and the compute a run reports (issue 35's first part)."""
+
+import numpy as np
+import pytest
+
+from conftest import train_in_process
+from experiments import config as config_lib, data, logs
+from experiments.config import ConfigError
+
+RUN = ["--model=mlp", "--mlp.features=32", "--batch_size=50", "--log_every=10", "--checkpoint_every=0", "--seed=1"]
+
+
+def _config(*args):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()
+  config_lib.define_flags(values)
+  values(["run", *args])
+  return config_lib.from_flags(values)
+
+
+def _rows(batch):
+  return {row.tobytes() for row in np.asarray(batch["x"])}
+
+
+def test_the_validation_split_is_the_last_examples_disjoint_from_training(tfds_dir):
+  config = _config("--model=mlp", "--validation_fraction=0.1", f"--data_dir={tfds_dir}")
+  assert (config.fit_split, config.validation_split) == ("train[:90%]", "train[90%:]")  # no process, no seed in it
+  b = data.builder(config)
+  whole, fit, val = (data.read_split(b, s) for s in ("train", config.fit_split, config.validation_split))
+  assert len(fit["x"]) == 3600 and len(val["x"]) == 400
+  assert not _rows(fit) & _rows(val)
+  np.testing.assert_array_equal(np.concatenate([fit["x"], val["x"]]), whole["x"])
+
+  bounded = _config("--model=mlp", "--validation_fraction=0.1", "--train_examples=250", f"--data_dir={tfds_dir}")
+  few = data.read_split(b, bounded.fit_split)
+  np.testing.assert_array_equal(few["x"], whole["x"][:250])
+  assert bounded.validation_split == config.validation_split
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--validation_fraction=1.0"], r"^--validation_fraction=1.0 must be a whole percentage in \(0, 1\), e.g. 0.1$"),
+    (["--validation_fraction=0.105"], r"^--validation_fraction=0.105 must be a whole percentage"),
+    (["--validation_fraction=0.1", "--train_split=train[:50%]"], r"^--train_split=train\[:50%\] is already a slice"),
+    (["--validation_fraction=0.2", "--train_examples=3300"],
+     r"^--train_examples=3300 exceeds the 3200 examples of --train_split=train less the validation split$"),
+    (["--train_examples=4001"], r"^--train_examples=4001 exceeds the 4000 examples of --train_split=train$"),
+    (["--dataset=char_text", "--eval_split=validation", "--model=gpt", "--objective=lm", "--validation_fraction=0.1"],
+     r"^--validation_fraction and --train_examples slice datasets of examples; char_text is a text"),
+])
+def test_bad_validation_flags_are_one_line_before_any_compute(args, message, tmp_path, monkeypatch):
+  def no_text(*args, **kwargs):
+    raise AssertionError("the text was read")
+  monkeypatch.setattr(data.Text, "read", no_text)
+  with pytest.raises(ConfigError, match=message):
+    train_in_process(*(["--model=mlp"] if "--model=gpt" not in args else []), *args, workdir=tmp_path)
+
+
+def test_evaluations_use_validation_and_the_test_split_is_read_once_at_the_end(tmp_path, monkeypatch):
+  events = []
+  iterate = data.EvalBatches.__iter__
+
+  def recorded(self):
+    events.append(("read", self.split))
+    yield from iterate(self)
+  write = logs.Logger.write
+
+  def logged(self, step, metrics):
+    events.append(("log", step, tuple(sorted({k.split("/")[0] for k in metrics}))))
+    write(self, step, metrics)
+  monkeypatch.setattr(data.EvalBatches, "__iter__", recorded)
+  monkeypatch.setattr(logs.Logger, "write", logged)
+  summary = train_in_process(*RUN, "--steps=30", "--eval_every=10", "--validation_fraction=0.1", workdir=tmp_path)
+
+  reads = [e for e in events if e[0] == "read"]
+  assert reads.count(("read", "test")) == 1 and ("read", "train[90%:]") in reads
+  last_training_row = max(i for i, e in enumerate(events) if e[0] == "log" and "train" in e[2])
+  assert events.index(("read", "test")) > last_training_row  # after the last step
+  assert [e[1] for e in events if e[0] == "log" and e[2] == ("val",)] == [10, 20]
+  assert {k.split("/")[0] for k in summary if "/" in k} == {"val", "eval"}
+  assert summary["val/accuracy"] != summary["eval/accuracy"]
+
+
+def test_a_run_reports_its_training_compute(tmp_path):
+  summary = train_in_process(*RUN, "--steps=20", "--eval_every=0", workdir=tmp_path)
+  # The MLP 40 -> 32 -> 10 on batches of 50: 2 x 50 x (40 x 32 + 32 x 10) forward; backward the
+  # two weight gradients and the hidden layer's input gradient (the data's is not computed).
+  forward = 2 * 50 * (40 * 32 + 32 * 10)
+  backward = 2 * 50 * (40 * 32 + 32 * 10 + 32 * 10)
+  assert summary["matmul_flops_per_step"] == forward + backward
+  assert summary["train_flops"] == 20 * (forward + backward)
+  assert summary["num_params"] == 40 * 32 + 32 + 32 * 10 + 10
