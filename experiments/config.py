@@ -173,6 +173,13 @@ class Config:
   eval_every: int = _loop(250, "Evaluate every this many steps (0: only at the end).", lower=0)
   checkpoint_every: int = _loop(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
   keep_checkpoints: int = _loop(3, "How many recent checkpoints to keep.", lower=1)
+  best_metric: str = _loop("", "Keep the checkpoint of the best validation value of this metric (loss, accuracy, "
+                           "...: a val/ metric) in WORKDIR/checkpoints.best, and evaluate that one at the end "
+                           "(empty: off; with --early_stopping_patience: loss).")
+  best_mode: str = _loop("auto", "Whether --best_metric is better lower (min) or higher (max); auto: max for "
+                         "accuracy-like metrics, min otherwise.", choices=("auto", "min", "max"))
+  early_stopping_patience: int = _loop(0, "Stop after this many evaluations without a better --best_metric "
+                                       "(0: never). Needs --validation_fraction and --eval_every.", lower=0)
   seed: int = _loop(0, "Seed of parameter initialisation, dropout and data order.")
   dtype: str = _precision("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
                           "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
@@ -214,6 +221,12 @@ class Config:
     if (self.validation_fraction or self.train_examples) and "[" in self.train_split:
       raise ConfigError(f"--train_split={self.train_split} is already a slice: --validation_fraction and "
                         "--train_examples slice the whole split")
+    if self.watched_metric and not self.validation_fraction:
+      what = "--early_stopping_patience" if self.early_stopping_patience else "--best_metric"
+      raise ConfigError(f"{what} needs a validation split (--validation_fraction): choices are made on validation "
+                        "data, never the test split")
+    if self.watched_metric and not self.eval_every:
+      raise ConfigError("--early_stopping_patience and --best_metric need evaluations during training (--eval_every)")
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
@@ -244,6 +257,17 @@ class Config:
   def validation_split(self) -> str | None:
     """The validation examples (the last --validation_fraction of --train_split), if any."""
     return f"{self.train_split}[{100 - self._validation_percent}%:]" if self.validation_fraction else None
+
+  @property
+  def watched_metric(self) -> str | None:
+    """The validation metric whose best checkpoint is kept (and early stopping watches)."""
+    return self.best_metric or ("loss" if self.early_stopping_patience else None)
+
+  @property
+  def watch_mode(self) -> str:
+    if self.best_mode != "auto":
+      return self.best_mode
+    return "max" if any(w in (self.watched_metric or "") for w in ("accuracy", "acc", "exact", "bleu")) else "min"
 
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)

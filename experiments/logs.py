@@ -65,10 +65,11 @@ class Logger:
   """Writes metrics from process 0 only; every other process's calls do nothing."""
 
   def __init__(self, workdir: str | os.PathLike, total_steps: int, tokens_per_step: int | None = None,
-               start_step: int = 0):
+               start_step: int = 0, ended: bool | None = None):
     """A run resumed from `start_step` writes again what its log holds after that step (and,
-    when it resumes at the end, the final evaluation): those rows are dropped, so each step
-    appears once."""
+    when it resumes where it `ended` (default: at `total_steps`), its final evaluation, the
+    rows with test metrics): those rows are dropped, so each step appears once."""
+    ended = start_step == total_steps if ended is None else ended
     self.chief = jax.process_index() == 0
     self.total_steps = total_steps
     self.tokens_per_step = tokens_per_step
@@ -81,8 +82,8 @@ class Logger:
         kept = []
         for line in path.read_text().splitlines(keepends=True):
           row = json.loads(line) if line.strip() else None
-          if row and (row["step"] < start_step or (row["step"] == start_step and (
-              start_step < total_steps or any(k.startswith("train/") for k in row)))):
+          if row and (row["step"] < start_step or (row["step"] == start_step and not (
+              ended and any(k.startswith("eval/") for k in row)))):
             kept.append(line)
             at_start += [row] if row["step"] == start_step else []
         tmp = workdir / "metrics.jsonl.tmp"

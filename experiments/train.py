@@ -295,8 +295,19 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     if restored is not None:
       state = restored
   _write_flagfile(config, workdir, start_step, changed)  # only once the input is known to be valid
+  # The checkpoint of the best validation value, and early stopping (a resumed run counts the
+  # evaluations since its best again, from the steps).
+  best, misses = None, 0
+  if config.watched_metric:
+    best = checkpoint.Best(workdir / "checkpoints.best", f"val/{config.watched_metric}", config.watch_mode)
+    best.load(before=start_step)
+    if best.step is not None:
+      misses = start_step // config.eval_every - best.step // config.eval_every
+  patience = config.early_stopping_patience
+  stopped_early = bool(patience and misses >= patience)
   tokens_per_step = config.batch_size * config.block_size if source.windows is not None else None
-  log = logs.Logger(workdir, config.steps, tokens_per_step, start_step)
+  log = logs.Logger(workdir, config.steps, tokens_per_step, start_step,
+                    ended=start_step == config.steps or stopped_early)
   if start_step:
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}"
              + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
@@ -328,12 +339,28 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     return {**evaluate(p_eval, state, batches, run.eval_key, prefix),
             **{f"{prefix}/{k}": float(v) for k, v in extra.items()}}
 
+  def test_eval(evaluated: TrainState) -> dict[str, float]:  # the test split, once
+    return evaluate(p_eval, evaluated, feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0), run.eval_key,
+                    "eval")
+
   def final_eval(step: int) -> dict[str, float]:
+    if best is not None:  # the best checkpoint: its validation metrics (from when it was saved), then the test
+      return {**best.metrics, **test_eval(best.restore(state))}
     metrics = run_eval(step, final_batches)
-    if validating:  # the test split, once
-      metrics.update(evaluate(p_eval, state, feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0),
-                              run.eval_key, "eval"))
-    return metrics
+    return {**metrics, **test_eval(state)} if validating else metrics
+
+  def watch(step: int, metrics: dict[str, float]) -> bool:
+    """Keeps the best checkpoint; whether patience has run out."""
+    nonlocal misses
+    if best.metric not in metrics:
+      raise ConfigError(f"--best_metric={config.watched_metric}: the validation has no {best.metric}; it has "
+                        + ", ".join(k[len("val/"):] for k in metrics if k.startswith("val/")))
+    if best.better(metrics[best.metric]):
+      best.save(step, par.global_state(state), {k: v for k, v in metrics.items() if k.startswith("val/")})
+      misses = 0
+    else:
+      misses += 1
+    return bool(patience and misses >= patience)
 
   def kept() -> str:  # which checkpoint a stopped run leaves
     last = ckpts.latest_step()
@@ -346,13 +373,14 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   signals.in_loop = True
   try:
     with steps.spans(start_step) as spans:
-      for span in spans:
+      for span in spans if not stopped_early else ():
         state, metrics = steps(state, span)  # step
         pending.add(metrics)
         step = span.end
         done, stop = step == config.steps, signals.received
         should_log = step % config.log_every == 0 or done
-        should_eval = (config.eval_every and step % config.eval_every == 0) and not done  # (the final one: below)
+        # (the evaluation after the last step is below; with a best checkpoint, the last step competes too)
+        should_eval = (config.eval_every and step % config.eval_every == 0) and (not done or best is not None)
         should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done or stop
         if should_log or should_save:  # log
           means = pending.fetch(step, kept())
@@ -367,6 +395,9 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
             metrics = run_eval(step)
             log.evaluation(step, metrics)
             log.write(step, metrics)
+            if best is not None:
+              stopped_early = watch(step, metrics)
+              should_save = should_save or stopped_early
           if should_save:  # checkpoint: only a state whose every number is finite
             if not bool(_finite(state)):
               raise NonFiniteLoss(f"the state became NaN or infinite by step {step}; stopping. {kept()}")
@@ -376,6 +407,11 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
           name = signals.NAMES[stop]
           log.info(f"{name}: saved the checkpoint at step {step}; run the same command to resume.")
           return {"stopped": name, "step": step}
+        if stopped_early:
+          break
+    if stopped_early:
+      log.info(f"Early stopping at step {step}: {best.metric} has not improved for {misses} evaluations since step "
+               f"{best.step} ({logs.fmt_value(best.value)})")
     train_steps_per_sec = clock.steps_per_sec(step)  # the training steps only
     waited = time.perf_counter()
     ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
@@ -383,12 +419,19 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     evaluated = time.perf_counter()
     final = final_eval(step)
     final_eval_s, checkpoint_wait_s = time.perf_counter() - evaluated, evaluated - waited
-    log.evaluation(step, final)
-    log.write(step, final)
+    logged = final
+    if best is not None:  # its validation metrics are logged at its step already
+      logged = {k: v for k, v in final.items() if not k.startswith("val/")}
+      log.info(f"The best checkpoint (step {best.step}, {best.metric} {logs.fmt_value(best.value)}) on "
+               f"--eval_split={config.eval_split}:")
+    log.evaluation(step, logged)
+    log.write(step, logged)
   finally:
     signals.in_loop = False
     ckpts.close()
     log.close()
+    if best is not None:
+      best.close()
   flops_per_step = steps.matmul_flops_per_step()
   summary = {
       **final,
@@ -406,6 +449,8 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
       "matmul_flops_per_step": flops_per_step,
       "train_flops": flops_per_step * step,
       "final_eval_s": final_eval_s,
+      **({"best_step": best.step, "best_metric": best.metric, "best_value": best.value,
+          "stop_reason": "early_stopping" if stopped_early else "steps"} if best is not None else {}),
       "checkpoint_wait_s": checkpoint_wait_s,  # for the last checkpoint, before the final evaluation
   }
   if tokens_per_step:

@@ -90,3 +90,61 @@ def test_a_run_reports_its_training_compute(tmp_path):
   assert summary["matmul_flops_per_step"] == forward + backward
   assert summary["train_flops"] == 20 * (forward + backward)
   assert summary["num_params"] == 40 * 32 + 32 + 32 * 10 + 10
+
+
+# Early stopping on a scripted validation loss (evaluations every 10 steps): the best is at
+# step 30, then three evaluations without a better one: the run stops at step 60.
+SCRIPT = {10: 5.0, 20: 4.0, 30: 3.0, 40: 3.5, 50: 3.0, 60: 3.1, 70: 1.0, 80: 0.5}
+EARLY = [*RUN, "--validation_fraction=0.1", "--eval_every=10", "--checkpoint_every=10", "--early_stopping_patience=3"]
+
+
+def _scripted(monkeypatch, seen):
+  from experiments import train  # pylint: disable=import-outside-toplevel
+  evaluate = train.evaluate
+
+  def scripted(p_eval, state, batches, rng, prefix):
+    metrics = evaluate(p_eval, state, batches, rng, prefix)
+    step = int(state.step)
+    seen.append((prefix, step, np.asarray(jax_leaves(state.params)[0]).copy()))
+    return {**metrics, "val/loss": SCRIPT[step]} if prefix == "val" else metrics
+  monkeypatch.setattr(train, "evaluate", scripted)
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.leaves(tree)
+
+
+def test_early_stopping_stops_at_the_right_evaluation_and_evaluates_the_best_checkpoint(tmp_path, monkeypatch):
+  seen = []
+  _scripted(monkeypatch, seen)
+  summary = train_in_process(*EARLY, "--steps=80", workdir=tmp_path)
+  assert (summary["step"], summary["best_step"], summary["stop_reason"]) == (60, 30, "early_stopping")
+  assert summary["val/loss"] == 3.0 and summary["best_value"] == 3.0
+  assert [s for p, s, _ in seen if p == "val"] == [10, 20, 30, 40, 50, 60]
+  (test_prefix, test_step, test_params), = [x for x in seen if x[0] == "eval"]  # the test split, once
+  best_params = next(w for p, s, w in seen if p == "val" and s == 30)
+  assert test_step == 30
+  np.testing.assert_array_equal(test_params, best_params)  # the best checkpoint's parameters, restored
+  assert sorted(p.name for p in (tmp_path / "checkpoints.best").iterdir()) == ["30"]
+
+
+def test_patience_and_the_best_value_survive_a_resume(tmp_path, monkeypatch):
+  seen = []
+  _scripted(monkeypatch, seen)
+  first = train_in_process(*EARLY, "--steps=40", workdir=tmp_path)  # ends with one evaluation since the best
+  assert (first["step"], first["best_step"], first["stop_reason"]) == (40, 30, "steps")
+  resumed = train_in_process(*EARLY, "--steps=80", workdir=tmp_path)
+  assert (resumed["step"], resumed["best_step"], resumed["stop_reason"]) == (60, 30, "early_stopping")
+  assert [s for p, s, _ in seen if p == "val"] == [10, 20, 30, 40, 50, 60]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--early_stopping_patience=3"], r"^--early_stopping_patience needs a validation split \(--validation_fraction\)"),
+    (["--best_metric=accuracy"], r"^--best_metric needs a validation split"),
+    (["--early_stopping_patience=3", "--validation_fraction=0.1", "--eval_every=0"],
+     r"^--early_stopping_patience and --best_metric need evaluations during training \(--eval_every\)$"),
+])
+def test_early_stopping_without_validation_is_one_line(args, message):
+  with pytest.raises(ConfigError, match=message):
+    _config("--model=mlp", *args)
