@@ -165,6 +165,8 @@ class Config:
   weight_decay: float = _optimizer(0.0, "Weight decay: decoupled for adamw/lamb/lion, an L2 gradient term "
                                    "otherwise.", lower=0.0)
   decay_weights_only: bool = _optimizer(False, "Decay only weight matrices and embeddings, not biases and norms.")
+  ema_decay: float = _optimizer(0.0, "Keep an exponential moving average of the parameters with this decay (e.g. "
+                                "0.999), checkpointed with them; evaluations and samples use it (0: off).", lower=0.0)
   grad_clip_norm: float = _optimizer(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
   discriminator_learning_rate: float = _optimizer(0.0, "GANs: the discriminator's peak learning rate (0: "
                                                   "--learning_rate). Each player has its own optimizer.", lower=0.0)
@@ -227,6 +229,8 @@ class Config:
                         "data, never the test split")
     if self.watched_metric and not self.eval_every:
       raise ConfigError("--early_stopping_patience and --best_metric need evaluations during training (--eval_every)")
+    if self.ema_decay >= 1:
+      raise ConfigError(f"--ema_decay={self.ema_decay} must be below 1 (0: off)")
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":

@@ -51,15 +51,18 @@ class NonFiniteLoss(RuntimeError):
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
                schedule: Callable[[Any], Any], call: Callable[..., Any] | None = None,
-               axis_name: str | None = None, norms_every: int = 1,
-               last_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+               axis_name: str | None = None, norms_every: int = 1, last_step: int = 0,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on one device's view of the batch (see experiments.parallel);
   the model is run by `call` (default `model.apply`; `experiments.build.model_call`).
 
   The gradient, update and parameter norms (`NORMS`) are computed after every `norms_every`-th
   step and after `last_step`, the steps whose metrics are logged, and are 0 after the others:
   on tiny models these reductions over every parameter are a fifth of a step (an MNIST-1D
-  MLP's: 0.144 -> 0.116 ms)."""
+  MLP's: 0.144 -> 0.116 ms).
+
+  With `ema_decay`, the state's `ema_params` become `ema_decay * ema_params + (1 - ema_decay)
+  * params` after the update (evaluation and sampling then use them)."""
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # each device draws its own dropout masks
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -82,8 +85,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     norms = functools.partial(jax.lax.cond, logged, norms, lambda: (jnp.zeros((), jnp.float32),) * len(NORMS))
   metrics.update(zip(NORMS, norms()))
   metrics["train/learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+  ema_params = state.ema_params
+  if ema_decay:
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params, params)
+  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
+                            ema_params=ema_params)
   return new_state, metrics
+
+
+def evaluated(state: TrainState) -> TrainState:
+  """The state as evaluations and samples see it: its parameters' moving average, when kept."""
+  return state if state.ema_params is None else state.replace(params=state.ema_params)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
@@ -141,7 +153,8 @@ def prepare(config: Config) -> Run:
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   on_cpu = par.local_devices[0].platform == "cpu"
   built = build_lib.build(config, source, par.local_devices[0].platform)
-  init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key)
+  init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key,
+                           ema=bool(config.ema_decay))
   try:  # invalid model hyperparameters surface when the model is first built
     if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
       state = init(par.replicated)
@@ -155,7 +168,8 @@ def prepare(config: Config) -> Run:
   # after every step: XLA's GPU runtime reads a cond's predicate back to the host each time.
   step = functools.partial(train_step, model=built.model, objective=built.objective, tx=built.tx,
                            schedule=built.schedule, call=built.call,
-                           norms_every=config.log_every if on_cpu else 1, last_step=config.steps)
+                           norms_every=config.log_every if on_cpu else 1, last_step=config.steps,
+                           ema_decay=config.ema_decay)
   steps = dispatch.Steps(config, par, feed, step, state, state_sharding, step_key)
   return Run(par, source, feed, data_read_at, built, state, state_sharding, steps, eval_key)
 
@@ -335,13 +349,13 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   log.info(f"{run.feed.describe()}; {steps.k} step(s) per dispatch")
 
   def run_eval(step: int, batches: Any = eval_batches) -> dict[str, float]:
-    extra = write_samples(state, step) if write_samples else {}
-    return {**evaluate(p_eval, state, batches, run.eval_key, prefix),
+    extra = write_samples(evaluated(state), step) if write_samples else {}
+    return {**evaluate(p_eval, evaluated(state), batches, run.eval_key, prefix),
             **{f"{prefix}/{k}": float(v) for k, v in extra.items()}}
 
-  def test_eval(evaluated: TrainState) -> dict[str, float]:  # the test split, once
-    return evaluate(p_eval, evaluated, feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0), run.eval_key,
-                    "eval")
+  def test_eval(final_state: TrainState) -> dict[str, float]:  # the test split, once
+    return evaluate(p_eval, evaluated(final_state), feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0),
+                    run.eval_key, "eval")
 
   def final_eval(step: int) -> dict[str, float]:
     if best is not None:  # the best checkpoint: its validation metrics (from when it was saved), then the test
@@ -416,9 +430,9 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     waited = time.perf_counter()
     ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
     signals.in_loop = False  # (a signal now has nothing left to save)
-    evaluated = time.perf_counter()
+    eval_start = time.perf_counter()
     final = final_eval(step)
-    final_eval_s, checkpoint_wait_s = time.perf_counter() - evaluated, evaluated - waited
+    final_eval_s, checkpoint_wait_s = time.perf_counter() - eval_start, eval_start - waited
     logged = final
     if best is not None:  # its validation metrics are logged at its step already
       logged = {k: v for k, v in final.items() if not k.startswith("val/")}

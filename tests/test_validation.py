@@ -144,7 +144,8 @@ def test_patience_and_the_best_value_survive_a_resume(tmp_path, monkeypatch):
     (["--best_metric=accuracy"], r"^--best_metric needs a validation split"),
     (["--early_stopping_patience=3", "--validation_fraction=0.1", "--eval_every=0"],
      r"^--early_stopping_patience and --best_metric need evaluations during training \(--eval_every\)$"),
+    (["--ema_decay=1.0"], r"^--ema_decay=1.0 must be below 1 \(0: off\)$"),
 ])
-def test_early_stopping_without_validation_is_one_line(args, message):
+def test_early_stopping_without_validation_and_bad_averages_are_one_line(args, message):
   with pytest.raises(ConfigError, match=message):
     _config("--model=mlp", *args)
