@@ -135,6 +135,9 @@ class Config:
   validation_fraction: float = _data(0.0, "Carve this fraction of --train_split (a whole percentage: its last "
                                      "examples) out as a validation split: the evaluations during training use it, "
                                      "and --eval_split is evaluated once, at the end (0: none).", lower=0.0)
+  label_noise: float = _data(0.0, "Replace this fraction of the training labels (exactly that many, chosen by "
+                             "--seed) with uniformly random classes; validation and test untouched (0: none).",
+                             lower=0.0)
   train_examples: int = _data(0, "Train on the first this many examples of --train_split, before the validation "
                               "split (0: all of them).", lower=0)
   batch_size: int = _data(100, "Global training batch size (all devices and processes).", lower=1)
@@ -229,6 +232,8 @@ class Config:
                         "data, never the test split")
     if self.watched_metric and not self.eval_every:
       raise ConfigError("--early_stopping_patience and --best_metric need evaluations during training (--eval_every)")
+    if self.label_noise >= 1:
+      raise ConfigError(f"--label_noise={self.label_noise} must be below 1 (0: none)")
     if self.ema_decay >= 1:
       raise ConfigError(f"--ema_decay={self.ema_decay} must be below 1 (0: off)")
     if self.warmup_steps > self.steps:
@@ -399,7 +404,7 @@ def _text(value: Any) -> str:
 # Flags whose change makes another model or other data: a checkpoint of one does not resume
 # as the other (`resume_changes`).
 FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "train_split", "validation_fraction",
-                   "train_examples")
+                   "train_examples", "label_noise")
 
 
 def flag_values(config: Config) -> dict[str, str]:

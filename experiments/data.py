@@ -212,11 +212,40 @@ def read_split(b: tfds.core.DatasetBuilder, split: str) -> Batch:
   return next(ds.batch(n).as_numpy_iterator())
 
 
+def label_noise(config: Config, b: tfds.core.DatasetBuilder, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """--label_noise of the training split's `n` examples: which are replaced (exactly
+  round(fraction x n) of them, chosen by --seed) and the uniformly random class each is
+  given (the same for every process and feed)."""
+  classes = num_classes(b)
+  if not classes:
+    raise ConfigError(f"--label_noise needs class labels; --dataset={config.dataset} has none")
+  rng = np.random.default_rng([config.seed, 0x1abe1])
+  replaced = np.zeros(n, bool)
+  replaced[rng.permutation(n)[:round(config.label_noise * n)]] = True
+  return replaced, rng.integers(0, classes, n).astype(np.int32)
+
+
+def read_training(config: Config, b: tfds.core.DatasetBuilder) -> Batch:
+  """All of the training examples (--label_noise applied), in the split's order."""
+  examples = read_split(b, config.fit_split)
+  if config.label_noise:
+    replaced, noise = label_noise(config, b, len(examples["y"]))
+    examples["y"] = np.where(replaced, noise, examples["y"]).astype(examples["y"].dtype)
+  return examples
+
+
 def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
   """Endless training batches of this process (its rows of each global batch), starting at
   batch `start_step`."""
   whole = read_whole(b, config.fit_split)
   examples, n = _read(b, config.fit_split, whole)
+  if config.label_noise:
+    if not whole:
+      raise ConfigError(f"--label_noise needs a training split every process reads whole (at most "
+                        f"{WHOLE_SPLIT_BYTES // 2**20} MiB); {config.fit_split} is larger")
+    replaced, noise = (tf.constant(a) for a in label_noise(config, b, n))
+    examples = examples.enumerate().map(
+        lambda i, ex: {**ex, "y": tf.where(replaced[i], tf.cast(noise[i], ex["y"].dtype), ex["y"])})
   rows = per_process(config.batch_size)
   batch = config.batch_size if whole else rows  # the batches this process's stream is cut into
   if n < batch:
@@ -542,6 +571,8 @@ class Source(NamedTuple):
 def load(config: Config) -> Source:
   b = builder(config)
   splits = (config.train_split, config.eval_split)
+  if config.label_noise and not num_classes(b):
+    raise ConfigError(f"--label_noise needs class labels; --dataset={config.dataset} has none")
   if (config.validation_fraction or config.train_examples) and (is_text(b) or is_audio(b)):
     raise ConfigError(f"--validation_fraction and --train_examples slice datasets of examples; {config.dataset} is "
                       "a text or audio dataset: choose its splits with --train_split and --eval_split")

@@ -181,4 +181,4 @@ def make(config: Config, source: data.Source) -> Feed:
   if (info is None or not data.read_whole(b, config.fit_split) or info.num_examples * per_example > limit
       or info.num_examples > config.steps * config.batch_size):
     return Streamed(config, source)
-  return Examples(config, data.read_split(b, config.fit_split))
+  return Examples(config, data.read_training(config, b))

@@ -1,5 +1,6 @@
 """A validation split carved from the training data, the test split read once at the end,
---train_examples, and the compute a run reports (issue 35's first part)."""
+--train_examples, label noise, the best checkpoint and early stopping, and the compute a
+run reports."""
 
 import numpy as np
 import pytest
@@ -80,22 +81,22 @@ def test_evaluations_use_validation_and_the_test_split_is_read_once_at_the_end(t
   assert {k.split("/")[0] for k in summary if "/" in k} == {"val", "eval"}
   assert summary["val/accuracy"] != summary["eval/accuracy"]
 
-
-def test_a_run_reports_its_training_compute(tmp_path):
-  summary = train_in_process(*RUN, "--steps=20", "--eval_every=0", workdir=tmp_path)
-  # The MLP 40 -> 32 -> 10 on batches of 50: 2 x 50 x (40 x 32 + 32 x 10) forward; backward the
-  # two weight gradients and the hidden layer's input gradient (the data's is not computed).
+  # The compute the run reports. The MLP 40 -> 32 -> 10 on batches of 50: 2 x 50 x (40 x 32 +
+  # 32 x 10) forward; backward, the two weight gradients and the hidden layer's input gradient
+  # (the data's is not computed).
   forward = 2 * 50 * (40 * 32 + 32 * 10)
   backward = 2 * 50 * (40 * 32 + 32 * 10 + 32 * 10)
   assert summary["matmul_flops_per_step"] == forward + backward
-  assert summary["train_flops"] == 20 * (forward + backward)
+  assert summary["train_flops"] == 30 * (forward + backward)
   assert summary["num_params"] == 40 * 32 + 32 + 32 * 10 + 10
+
+
 
 
 # Early stopping on a scripted validation loss (evaluations every 10 steps): the best is at
 # step 30, then three evaluations without a better one: the run stops at step 60.
 SCRIPT = {10: 5.0, 20: 4.0, 30: 3.0, 40: 3.5, 50: 3.0, 60: 3.1, 70: 1.0, 80: 0.5}
-EARLY = [*RUN, "--validation_fraction=0.1", "--eval_every=10", "--checkpoint_every=10", "--early_stopping_patience=3"]
+EARLY = [*RUN, "--validation_fraction=0.1", "--eval_every=10", "--early_stopping_patience=3"]
 
 
 def _scripted(monkeypatch, seen):
@@ -149,3 +150,30 @@ def test_patience_and_the_best_value_survive_a_resume(tmp_path, monkeypatch):
 def test_early_stopping_without_validation_and_bad_averages_are_one_line(args, message):
   with pytest.raises(ConfigError, match=message):
     _config("--model=mlp", *args)
+
+
+def test_label_noise_replaces_the_stated_fraction_the_same_in_every_feed(tfds_dir):
+  clean = _config("--model=mlp", "--validation_fraction=0.1", "--shuffle=false", "--batch_size=100",
+                  f"--data_dir={tfds_dir}")
+  noisy = clean.replace(label_noise=0.15)
+  b = data.builder(noisy)
+  y, y_noisy = data.read_training(clean, b)["y"], data.read_training(noisy, b)["y"]
+  replaced, _ = data.label_noise(noisy, b, len(y))
+  assert replaced.sum() == round(0.15 * 3600)  # exactly the fraction, of the training examples only
+  assert np.all(y_noisy[~replaced] == y[~replaced])
+  changed = np.mean(y_noisy != y)
+  assert 0.15 * 0.8 < changed < 0.15 * 1.0  # a random class is the true one a tenth of the time
+  assert np.array_equal(data.read_training(noisy, b)["y"], y_noisy)  # fixed for the run
+  assert not np.array_equal(data.read_training(noisy.replace(seed=1), b)["y"], y_noisy)  # chosen by the seed
+  streamed = data.train_batches(noisy, b)  # the host-streamed feed: in order, the same labels
+  np.testing.assert_array_equal(np.concatenate([next(streamed)["y"] for _ in range(36)]), y_noisy)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label_noise=1.0"], r"^--label_noise=1.0 must be below 1 \(0: none\)$"),
+    (["--dataset=char_text", "--eval_split=validation", "--model=gpt", "--objective=lm", "--label_noise=0.1"],
+     r"^--label_noise needs class labels; --dataset=char_text has none$"),
+])
+def test_bad_label_noise_is_one_line(args, message, tmp_path):
+  with pytest.raises(ConfigError, match=message):
+    train_in_process(*(["--model=mlp"] if "--model=gpt" not in args else []), *args, workdir=tmp_path)
