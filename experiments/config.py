@@ -88,6 +88,41 @@ class Parallel(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class Augment(Section):
+  """Data augmentation inside the jitted training step, drawn from (seed, step): a resumed run
+  draws the same (nets/augment.py). Off by default."""
+
+  NAME: ClassVar[str] = "augment"
+  shift: int = _field(0, "Signals: move each by up to this many steps, either way.", lower=0)
+  shift_circular: bool = _field(True, "Signals: shift around the end (false: zeros come in).")
+  scale: float = _field(0.0, "Signals: multiply each by a factor in [1 - scale, 1 + scale].", lower=0.0)
+  noise: float = _field(0.0, "Signals: add Gaussian noise of this standard deviation.", lower=0.0)
+  stretch: float = _field(0.0, "Signals: stretch each in time by a factor in [1 - stretch, 1 + stretch].",
+                          lower=0.0)
+  crop_padding: int = _field(0, "Images: random crops of the image padded with this many zeros per side.",
+                             lower=0)
+  flip: bool = _field(False, "Images: mirror left to right half of the time (where the classes allow it).")
+  mixup: float = _field(0.0, "Classifiers: mixup with weights ~ Beta(mixup, mixup) (0: off).", lower=0.0)
+  cutmix: float = _field(0.0, "Classifiers: cutmix with areas ~ Beta(cutmix, cutmix) (0: off; with --augment.mixup, "
+                         "one of the two per batch).", lower=0.0)
+
+  def __post_init__(self):
+    super().__post_init__()
+    for name in ("scale", "stretch"):
+      if getattr(self, name) >= 1:
+        raise ConfigError(f"--augment.{name}={getattr(self, name)} must be below 1")
+
+  def on(self) -> list[str]:
+    """The flags of the augmentations asked for."""
+    return [f"--augment.{f.name}" for f in dataclasses.fields(self)
+            if f.name != "shift_circular" and getattr(self, f.name)]
+
+  def pipeline(self):
+    return nets.augment.pipeline(self.shift, self.shift_circular, self.scale, self.noise, self.stretch,
+                                 self.crop_padding, self.flip, self.mixup, self.cutmix)
+
+
+@dataclasses.dataclass(frozen=True)
 class Runtime(Section):
   """How the steps reach the devices; none of it changes the numbers of a run."""
 
@@ -106,7 +141,7 @@ class Runtime(Section):
                                       "in the environment replaces the default).")
 
 
-SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime)
+SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime, Augment)
 
 _data = functools.partial(_field, group="Data")
 _model = functools.partial(_field, group="Model")
@@ -195,6 +230,7 @@ class Config:
   sample: Sample = _section(Sample)
   parallel: Parallel = _section(Parallel)
   runtime: Runtime = _section(Runtime)
+  augment: Augment = _section(Augment)
 
   def __post_init__(self):
     self.validate()
