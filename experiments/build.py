@@ -41,6 +41,7 @@ class TrainState:
   params: Any
   model_state: Any
   opt_state: Any
+  ema_params: Any = None  # with --ema_decay: the parameters' exponential moving average
 
 
 class Built(NamedTuple):
@@ -141,15 +142,16 @@ def build(config: Config, source: data.Source, platform: str | None = None) -> B
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example: dict[str, np.ndarray],
-               rng: jax.Array, sharding: Any = None) -> TrainState:
-  """Parameters and optimizer state, initialised directly in their `sharding` (a pytree like
-  the state, or None: the default device)."""
+               rng: jax.Array, sharding: Any = None, ema: bool = False) -> TrainState:
+  """Parameters and optimizer state (and, with `ema`, the parameters' moving average, which
+  starts at them), initialised directly in their `sharding` (a pytree like the state, or
+  None: the default device)."""
 
   def init(rng):
     variables = model.init({"params": rng, "dropout": rng}, jnp.asarray(example["x"]), train=False)
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
   return jax.jit(init, out_shardings=sharding)(rng)
 
@@ -178,10 +180,12 @@ def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
   ckpts = checkpoint.Checkpoints(epath.Path(workdir) / "checkpoints")
   if ckpts.latest_step() is None:
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
-  like = jax.eval_shape(lambda: init_state(built.model, built.tx, source.example, jax.random.key(0)))
+  like = jax.eval_shape(lambda: init_state(built.model, built.tx, source.example, jax.random.key(0),
+                                           ema=bool(config.ema_decay)))
   if step is None:  # the newest that can be read (a training run moves unreadable ones aside; this does not)
     state, _ = ckpts.restore_intact(like, move_aside=False)
   else:
     state = ckpts.restore(like, step)
   ckpts.close()
-  return Restored(config, source, built.model, built.objective, state.params, state.model_state, built.call)
+  params = state.ema_params if state.ema_params is not None else state.params  # (the average, when kept)
+  return Restored(config, source, built.model, built.objective, params, state.model_state, built.call)

@@ -185,3 +185,56 @@ class Checkpoints:
         self.manager.close()
       except Exception:  # pylint: disable=broad-except  (the failure wait() reported, again)
         pass
+
+
+class Best:
+  """The checkpoint of the best validation value so far, saved with its record (metric,
+  value, step) in one Orbax checkpoint, so the two cannot disagree: `DIR/STEP`, one kept.
+
+  `better(value)` compares with the record; `save` writes synchronously (it happens at an
+  evaluation, rarely); `load(before)` takes the record of a resumed run, unless it is newer
+  than the step the run resumes from (it is then deleted: the resumed run reaches it again,
+  with the same numbers).
+  """
+
+  def __init__(self, directory: str | epath.PathLike, metric: str, mode: str):
+    directory = epath.Path(directory)
+    self.directory = directory if "://" in str(directory) else directory.resolve()
+    self.metric, self.mode = metric, mode
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, enable_async_checkpointing=False))
+    self.step: int | None = None
+    self.value: float | None = None
+    self.metrics: dict[str, float] = {}  # the best evaluation's metrics
+
+  def load(self, before: int) -> None:
+    step = self.manager.latest_step()
+    if step is None:
+      return
+    if step > before:
+      self.manager.delete(step)
+      return
+    record = self.manager.restore(step, args=ocp.args.Composite(best=ocp.args.JsonRestore())).best
+    if record.get("metric") == self.metric:  # (another --best_metric starts afresh)
+      self.step, self.value, self.metrics = step, float(record["value"]), dict(record["metrics"])
+
+  def better(self, value: float) -> bool:
+    return self.value is None or (value < self.value if self.mode == "min" else value > self.value)
+
+  def save(self, step: int, state: Any, metrics: dict[str, float]) -> None:
+    value = float(metrics[self.metric])
+    record = {"metric": self.metric, "value": value, "step": step, "metrics": metrics}
+    try:
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      best=ocp.args.JsonSave(record)), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      _abandoned.append(step)
+      raise CheckpointError(f"cannot write the best checkpoint (step {step}) in {self.directory}: {_reason(e)}") from None
+    self.step, self.value, self.metrics = step, value, dict(metrics)
+
+  def restore(self, like: Any) -> Any:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self.manager.restore(self.step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+
+  def close(self) -> None:
+    self.manager.close()

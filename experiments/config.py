@@ -88,6 +88,41 @@ class Parallel(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class Augment(Section):
+  """Data augmentation inside the jitted training step, drawn from (seed, step): a resumed run
+  draws the same (nets/augment.py). Off by default."""
+
+  NAME: ClassVar[str] = "augment"
+  shift: int = _field(0, "Signals: move each by up to this many steps, either way.", lower=0)
+  shift_circular: bool = _field(True, "Signals: shift around the end (false: zeros come in).")
+  scale: float = _field(0.0, "Signals: multiply each by a factor in [1 - scale, 1 + scale].", lower=0.0)
+  noise: float = _field(0.0, "Signals: add Gaussian noise of this standard deviation.", lower=0.0)
+  stretch: float = _field(0.0, "Signals: stretch each in time by a factor in [1 - stretch, 1 + stretch].",
+                          lower=0.0)
+  crop_padding: int = _field(0, "Images: random crops of the image padded with this many zeros per side.",
+                             lower=0)
+  flip: bool = _field(False, "Images: mirror left to right half of the time (where the classes allow it).")
+  mixup: float = _field(0.0, "Classifiers: mixup with weights ~ Beta(mixup, mixup) (0: off).", lower=0.0)
+  cutmix: float = _field(0.0, "Classifiers: cutmix with areas ~ Beta(cutmix, cutmix) (0: off; with --augment.mixup, "
+                         "one of the two per batch).", lower=0.0)
+
+  def __post_init__(self):
+    super().__post_init__()
+    for name in ("scale", "stretch"):
+      if getattr(self, name) >= 1:
+        raise ConfigError(f"--augment.{name}={getattr(self, name)} must be below 1")
+
+  def on(self) -> list[str]:
+    """The flags of the augmentations asked for."""
+    return [f"--augment.{f.name}" for f in dataclasses.fields(self)
+            if f.name != "shift_circular" and getattr(self, f.name)]
+
+  def pipeline(self):
+    return nets.augment.pipeline(self.shift, self.shift_circular, self.scale, self.noise, self.stretch,
+                                 self.crop_padding, self.flip, self.mixup, self.cutmix)
+
+
+@dataclasses.dataclass(frozen=True)
 class Runtime(Section):
   """How the steps reach the devices; none of it changes the numbers of a run."""
 
@@ -106,7 +141,7 @@ class Runtime(Section):
                                       "in the environment replaces the default).")
 
 
-SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime)
+SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime, Augment)
 
 _data = functools.partial(_field, group="Data")
 _model = functools.partial(_field, group="Model")
@@ -130,7 +165,16 @@ class Config:
                          "beside the repository).")
   data_dir: str = _data("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
   train_split: str = _data("train", "TFDS split to train on.")
-  eval_split: str = _data("test", "TFDS split to evaluate on.")
+  eval_split: str = _data("test", "TFDS split to evaluate on (with --validation_fraction: the test split, "
+                          "evaluated once, at the end).")
+  validation_fraction: float = _data(0.0, "Carve this fraction of --train_split (a whole percentage: its last "
+                                     "examples) out as a validation split: the evaluations during training use it, "
+                                     "and --eval_split is evaluated once, at the end (0: none).", lower=0.0)
+  label_noise: float = _data(0.0, "Replace this fraction of the training labels (exactly that many, chosen by "
+                             "--seed) with uniformly random classes; validation and test untouched (0: none).",
+                             lower=0.0)
+  train_examples: int = _data(0, "Train on the first this many examples of --train_split, before the validation "
+                              "split (0: all of them).", lower=0)
   batch_size: int = _data(100, "Global training batch size (all devices and processes).", lower=1)
   eval_batch_size: int = _data(1000, "Global evaluation batch size.", lower=1)
   shuffle: bool = _data(True, "Shuffle the training data each epoch (false: take it in order).")
@@ -159,6 +203,8 @@ class Config:
   weight_decay: float = _optimizer(0.0, "Weight decay: decoupled for adamw/lamb/lion, an L2 gradient term "
                                    "otherwise.", lower=0.0)
   decay_weights_only: bool = _optimizer(False, "Decay only weight matrices and embeddings, not biases and norms.")
+  ema_decay: float = _optimizer(0.0, "Keep an exponential moving average of the parameters with this decay (e.g. "
+                                "0.999), checkpointed with them; evaluations and samples use it (0: off).", lower=0.0)
   grad_clip_norm: float = _optimizer(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
   discriminator_learning_rate: float = _optimizer(0.0, "GANs: the discriminator's peak learning rate (0: "
                                                   "--learning_rate). Each player has its own optimizer.", lower=0.0)
@@ -167,6 +213,13 @@ class Config:
   eval_every: int = _loop(250, "Evaluate every this many steps (0: only at the end).", lower=0)
   checkpoint_every: int = _loop(1000, "Save a checkpoint every this many steps (0: only at the end).", lower=0)
   keep_checkpoints: int = _loop(3, "How many recent checkpoints to keep.", lower=1)
+  best_metric: str = _loop("", "Keep the checkpoint of the best validation value of this metric (loss, accuracy, "
+                           "...: a val/ metric) in WORKDIR/checkpoints.best, and evaluate that one at the end "
+                           "(empty: off; with --early_stopping_patience: loss).")
+  best_mode: str = _loop("auto", "Whether --best_metric is better lower (min) or higher (max); auto: max for "
+                         "accuracy-like metrics, min otherwise.", choices=("auto", "min", "max"))
+  early_stopping_patience: int = _loop(0, "Stop after this many evaluations without a better --best_metric "
+                                       "(0: never). Needs --validation_fraction and --eval_every.", lower=0)
   seed: int = _loop(0, "Seed of parameter initialisation, dropout and data order.")
   dtype: str = _precision("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
                           "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
@@ -177,6 +230,7 @@ class Config:
   sample: Sample = _section(Sample)
   parallel: Parallel = _section(Parallel)
   runtime: Runtime = _section(Runtime)
+  augment: Augment = _section(Augment)
 
   def __post_init__(self):
     self.validate()
@@ -201,6 +255,23 @@ class Config:
       nets.objectives.create(self.objective, **self.objective_hparams)
     except ValueError as e:
       raise ConfigError(f"--objective={self.objective}: {e}") from None
+    if self.validation_fraction and (self.validation_fraction >= 1 or
+                                     abs(self.validation_fraction * 100 - self._validation_percent) > 1e-9):
+      raise ConfigError(f"--validation_fraction={self.validation_fraction} must be a whole percentage in (0, 1), "
+                        "e.g. 0.1")
+    if (self.validation_fraction or self.train_examples) and "[" in self.train_split:
+      raise ConfigError(f"--train_split={self.train_split} is already a slice: --validation_fraction and "
+                        "--train_examples slice the whole split")
+    if self.watched_metric and not self.validation_fraction:
+      what = "--early_stopping_patience" if self.early_stopping_patience else "--best_metric"
+      raise ConfigError(f"{what} needs a validation split (--validation_fraction): choices are made on validation "
+                        "data, never the test split")
+    if self.watched_metric and not self.eval_every:
+      raise ConfigError("--early_stopping_patience and --best_metric need evaluations during training (--eval_every)")
+    if self.label_noise >= 1:
+      raise ConfigError(f"--label_noise={self.label_noise} must be below 1 (0: none)")
+    if self.ema_decay >= 1:
+      raise ConfigError(f"--ema_decay={self.ema_decay} must be below 1 (0: off)")
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
@@ -212,6 +283,36 @@ class Config:
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
       raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
+
+  @property
+  def _validation_percent(self) -> int:
+    return round(self.validation_fraction * 100)
+
+  @property
+  def fit_split(self) -> str:
+    """The examples trained on: --train_split less the validation split, bounded by
+    --train_examples (TFDS slicing)."""
+    if self.train_examples:
+      return f"{self.train_split}[:{self.train_examples}]"
+    if self.validation_fraction:
+      return f"{self.train_split}[:{100 - self._validation_percent}%]"
+    return self.train_split
+
+  @property
+  def validation_split(self) -> str | None:
+    """The validation examples (the last --validation_fraction of --train_split), if any."""
+    return f"{self.train_split}[{100 - self._validation_percent}%:]" if self.validation_fraction else None
+
+  @property
+  def watched_metric(self) -> str | None:
+    """The validation metric whose best checkpoint is kept (and early stopping watches)."""
+    return self.best_metric or ("loss" if self.early_stopping_patience else None)
+
+  @property
+  def watch_mode(self) -> str:
+    if self.best_mode != "auto":
+      return self.best_mode
+    return "max" if any(w in (self.watched_metric or "") for w in ("accuracy", "acc", "exact", "bleu")) else "min"
 
   def replace(self, **changes: Any) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -338,7 +439,8 @@ def _text(value: Any) -> str:
 
 # Flags whose change makes another model or other data: a checkpoint of one does not resume
 # as the other (`resume_changes`).
-FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path")
+FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "train_split", "validation_fraction",
+                   "train_examples", "label_noise")
 
 
 def flag_values(config: Config) -> dict[str, str]:

@@ -133,6 +133,12 @@ def _check_splits(b: tfds.core.DatasetBuilder, config: Config) -> None:
   for split in (config.train_split, config.eval_split):
     if b.info.splits and split.split("[")[0] not in b.info.splits:
       raise ConfigError(f"dataset {config.dataset!r} has no split {split!r}; it has {list(b.info.splits)}")
+  if config.train_examples and b.info.splits:
+    n = b.info.splits[config.train_split].num_examples
+    kept = n - (b.info.splits[config.validation_split].num_examples if config.validation_split else 0)
+    if config.train_examples > kept:
+      raise ConfigError(f"--train_examples={config.train_examples} exceeds the {kept} examples of "
+                        f"--train_split={config.train_split}" + (" less the validation split" if kept < n else ""))
 
 
 def num_classes(b: tfds.core.DatasetBuilder) -> int | None:
@@ -206,15 +212,44 @@ def read_split(b: tfds.core.DatasetBuilder, split: str) -> Batch:
   return next(ds.batch(n).as_numpy_iterator())
 
 
+def label_noise(config: Config, b: tfds.core.DatasetBuilder, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """--label_noise of the training split's `n` examples: which are replaced (exactly
+  round(fraction x n) of them, chosen by --seed) and the uniformly random class each is
+  given (the same for every process and feed)."""
+  classes = num_classes(b)
+  if not classes:
+    raise ConfigError(f"--label_noise needs class labels; --dataset={config.dataset} has none")
+  rng = np.random.default_rng([config.seed, 0x1abe1])
+  replaced = np.zeros(n, bool)
+  replaced[rng.permutation(n)[:round(config.label_noise * n)]] = True
+  return replaced, rng.integers(0, classes, n).astype(np.int32)
+
+
+def read_training(config: Config, b: tfds.core.DatasetBuilder) -> Batch:
+  """All of the training examples (--label_noise applied), in the split's order."""
+  examples = read_split(b, config.fit_split)
+  if config.label_noise:
+    replaced, noise = label_noise(config, b, len(examples["y"]))
+    examples["y"] = np.where(replaced, noise, examples["y"]).astype(examples["y"].dtype)
+  return examples
+
+
 def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
   """Endless training batches of this process (its rows of each global batch), starting at
   batch `start_step`."""
-  whole = read_whole(b, config.train_split)
-  examples, n = _read(b, config.train_split, whole)
+  whole = read_whole(b, config.fit_split)
+  examples, n = _read(b, config.fit_split, whole)
+  if config.label_noise:
+    if not whole:
+      raise ConfigError(f"--label_noise needs a training split every process reads whole (at most "
+                        f"{WHOLE_SPLIT_BYTES // 2**20} MiB); {config.fit_split} is larger")
+    replaced, noise = (tf.constant(a) for a in label_noise(config, b, n))
+    examples = examples.enumerate().map(
+        lambda i, ex: {**ex, "y": tf.where(replaced[i], tf.cast(noise[i], ex["y"].dtype), ex["y"])})
   rows = per_process(config.batch_size)
   batch = config.batch_size if whole else rows  # the batches this process's stream is cut into
   if n < batch:
-    raise ConfigError(f"split {config.train_split!r} has {n} examples on this process, fewer than a batch of {batch}")
+    raise ConfigError(f"split {config.fit_split!r} has {n} examples on this process, fewer than a batch of {batch}")
   examples = examples.cache()
   first_epoch, offset = divmod(start_step * batch, n)
   seed = config.seed if whole else config.seed + 1_000_003 * jax.process_index()
@@ -245,7 +280,7 @@ class ExampleOrder:
 
   def __init__(self, config: Config, n: int):
     if n < config.batch_size:
-      raise ConfigError(f"split {config.train_split!r} has {n} examples, fewer than a batch of {config.batch_size}")
+      raise ConfigError(f"split {config.fit_split!r} has {n} examples, fewer than a batch of {config.batch_size}")
     self.config, self.n = config, n
     self._position = -1  # the stream position of self._buffer[0]
     self._buffer = np.zeros(0, np.int32)
@@ -299,7 +334,7 @@ class EvalBatches:
   """
 
   def __init__(self, config: Config, b: tfds.core.DatasetBuilder, split: str | None = None):
-    split = split or config.eval_split
+    split = self.split = split or config.eval_split
     ds, n = _read(b, split)
     self.batch = per_process(config.eval_batch_size)
     info = b.info.splits[split] if b.info.splits else None
@@ -331,7 +366,7 @@ def _pad(item: Batch, batch: int) -> Batch:
 
 def example_batch(b: tfds.core.DatasetBuilder, config: Config) -> Batch:
   """A batch of one example of the training split, for shapes and initialisation."""
-  ds, _ = _read(b, config.train_split)
+  ds, _ = _read(b, config.fit_split)
   return next(ds.take(1).batch(1).as_numpy_iterator())
 
 
@@ -536,6 +571,11 @@ class Source(NamedTuple):
 def load(config: Config) -> Source:
   b = builder(config)
   splits = (config.train_split, config.eval_split)
+  if config.label_noise and not num_classes(b):
+    raise ConfigError(f"--label_noise needs class labels; --dataset={config.dataset} has none")
+  if (config.validation_fraction or config.train_examples) and (is_text(b) or is_audio(b)):
+    raise ConfigError(f"--validation_fraction and --train_examples slice datasets of examples; {config.dataset} is "
+                      "a text or audio dataset: choose its splits with --train_split and --eval_split")
   text = Text.read(b, splits) if is_text(b) else None
   audio = Audio(b, splits) if text is None and is_audio(b) else None
   if text is not None or audio is not None:

@@ -176,9 +176,9 @@ def make(config: Config, source: data.Source) -> Feed:
     flat = source.windows.flat(config.train_split, config.block_size)
     return Windows(config, source.windows) if flat.nbytes <= limit else Streamed(config, source)
   b = source.builder
-  info = b.info.splits[config.train_split] if b.info.splits else None
+  info = b.info.splits[config.fit_split] if b.info.splits else None
   per_example = sum(v.nbytes for v in source.example.values())  # a batch of one
-  if (info is None or not data.read_whole(b, config.train_split) or info.num_examples * per_example > limit
+  if (info is None or not data.read_whole(b, config.fit_split) or info.num_examples * per_example > limit
       or info.num_examples > config.steps * config.batch_size):
     return Streamed(config, source)
-  return Examples(config, data.read_split(b, config.train_split))
+  return Examples(config, data.read_training(config, b))

@@ -65,10 +65,11 @@ class Logger:
   """Writes metrics from process 0 only; every other process's calls do nothing."""
 
   def __init__(self, workdir: str | os.PathLike, total_steps: int, tokens_per_step: int | None = None,
-               start_step: int = 0):
+               start_step: int = 0, ended: bool | None = None):
     """A run resumed from `start_step` writes again what its log holds after that step (and,
-    when it resumes at the end, the final evaluation): those rows are dropped, so each step
-    appears once."""
+    when it resumes where it `ended` (default: at `total_steps`), its final evaluation, the
+    rows with test metrics): those rows are dropped, so each step appears once."""
+    ended = start_step == total_steps if ended is None else ended
     self.chief = jax.process_index() == 0
     self.total_steps = total_steps
     self.tokens_per_step = tokens_per_step
@@ -81,8 +82,8 @@ class Logger:
         kept = []
         for line in path.read_text().splitlines(keepends=True):
           row = json.loads(line) if line.strip() else None
-          if row and (row["step"] < start_step or (row["step"] == start_step and (
-              start_step < total_steps or any(k.startswith("train/") for k in row)))):
+          if row and (row["step"] < start_step or (row["step"] == start_step and not (
+              ended and any(k.startswith("eval/") for k in row)))):
             kept.append(line)
             at_start += [row] if row["step"] == start_step else []
         write_atomic(path, "".join(kept))
@@ -116,7 +117,7 @@ class Logger:
     if not self.chief:
       return
     parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"]
-    parts += [f"{k[len('train/'):]} {_fmt_value(v)}" for k, v in metrics.items()
+    parts += [f"{k[len('train/'):]} {fmt_value(v)}" for k, v in metrics.items()
               if k.startswith("train/") and k[len("train/"):] not in _NOT_SHOWN]
     if rate:
       parts.append(f"{rate:.1f} steps/s")
@@ -126,12 +127,14 @@ class Logger:
     print(" | ".join(parts), flush=True)
 
   def evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
-    """Prints one line: an evaluation's metrics."""
+    """Prints an evaluation's metrics: one line per split ("val/", then "eval/")."""
     if not self.chief:
       return
-    parts = [f"{k[len('eval/'):]} {_fmt_value(v)}" for k, v in metrics.items()
-             if k.startswith("eval/") and k[len("eval/"):] not in _NOT_SHOWN]
-    print(f"eval {step:>{len(str(self.total_steps))}}/{self.total_steps} | " + " | ".join(parts), flush=True)
+    for prefix in ("val", "eval"):
+      parts = [f"{k[len(prefix) + 1:]} {fmt_value(v)}" for k, v in metrics.items()
+               if k.startswith(prefix + "/") and k[len(prefix) + 1:] not in _NOT_SHOWN]
+      if parts:
+        print(f"{prefix} {step:>{len(str(self.total_steps))}}/{self.total_steps} | " + " | ".join(parts), flush=True)
 
   def info(self, message: str) -> None:
     if self.chief:
@@ -148,7 +151,7 @@ _NOT_SHOWN = ("grad_norm", "update_norm", "param_norm", "learning_rate", "cross_
               "teacher_forced_match")
 
 
-def _fmt_value(v: float) -> str:
+def fmt_value(v: float) -> str:
   v = float(v)
   if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
     return f"{v:.3e}"

@@ -48,21 +48,31 @@ class NonFiniteLoss(RuntimeError):
   """The loss became NaN or infinite."""
 
 
+_AUGMENT_STREAM = 0xA5  # folded into a step's key for its augmentations
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
                schedule: Callable[[Any], Any], call: Callable[..., Any] | None = None,
-               axis_name: str | None = None, norms_every: int = 1,
-               last_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+               axis_name: str | None = None, norms_every: int = 1, last_step: int = 0,
+               ema_decay: float = 0.0,
+               augment: Callable[[dict, jax.Array], dict] | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on one device's view of the batch (see experiments.parallel);
   the model is run by `call` (default `model.apply`; `experiments.build.model_call`).
 
   The gradient, update and parameter norms (`NORMS`) are computed after every `norms_every`-th
   step and after `last_step`, the steps whose metrics are logged, and are 0 after the others:
   on tiny models these reductions over every parameter are a fifth of a step (an MNIST-1D
-  MLP's: 0.144 -> 0.116 ms)."""
+  MLP's: 0.144 -> 0.116 ms).
+
+  `augment` (`nets.augment.pipeline`) transforms the batch first, with a key of its own folded
+  from the step's. With `ema_decay`, the state's `ema_params` become `ema_decay * ema_params + (1 - ema_decay)
+  * params` after the update (evaluation and sampling then use them)."""
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # each device draws its own dropout masks
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  if augment is not None:  # (its own key: the model's and objective's draws stay those of a run without it)
+    batch = augment(batch, jax.random.fold_in(rng, _AUGMENT_STREAM))
   model_rng, objective_rng = jax.random.split(rng)
 
   def loss_fn(params):
@@ -82,8 +92,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     norms = functools.partial(jax.lax.cond, logged, norms, lambda: (jnp.zeros((), jnp.float32),) * len(NORMS))
   metrics.update(zip(NORMS, norms()))
   metrics["train/learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+  ema_params = state.ema_params
+  if ema_decay:
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params, params)
+  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
+                            ema_params=ema_params)
   return new_state, metrics
+
+
+def evaluated(state: TrainState) -> TrainState:
+  """The state as evaluations and samples see it: its parameters' moving average, when kept."""
+  return state if state.ema_params is None else state.replace(params=state.ema_params)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
@@ -113,6 +132,24 @@ def evaluate(p_eval: Callable, state: TrainState, batches: Iterable, rng: jax.Ar
   return {f"{prefix}/{k}": float(v) / count for k, v in totals.items()}
 
 
+def _check_augment(config: Config, source: data.Source) -> None:
+  """The augmentations asked for fit the data (signals or images) and the objective."""
+  on = config.augment.on()
+  if not on:
+    return
+  x = source.example.get("x")
+  if source.windows is not None or x is None or x.ndim not in (2, 3, 4):
+    raise ConfigError(f"{', '.join(on)}: augmentation applies to signals and images; --dataset={config.dataset} "
+                      "holds neither")
+  kind, other = ("images", nets.augment.SIGNAL) if x.ndim == 4 else ("signals", nets.augment.IMAGE)
+  wrong = [flag for flag in on if flag.split(".", 1)[1] in other]
+  if wrong:
+    raise ConfigError(f"{', '.join(wrong)} do not apply to --dataset={config.dataset}, which holds {kind}")
+  if (config.augment.mixup or config.augment.cutmix) and config.objective != "classification":
+    raise ConfigError(f"--augment.mixup and --augment.cutmix mix the labels of a classifier; --objective="
+                      f"{config.objective}")
+
+
 class Run(NamedTuple):
   """A run of a config built up to its first step: what `train_and_evaluate` trains and
   `experiments.bench` times, built by `prepare` for both so that they run the same program."""
@@ -136,12 +173,14 @@ def prepare(config: Config) -> Run:
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
+  _check_augment(config, source)
   feed = feed_lib.make(config, source)  # the training split read into memory if it is held on the devices
   data_read_at = time.perf_counter()
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   on_cpu = par.local_devices[0].platform == "cpu"
   built = build_lib.build(config, source, par.local_devices[0].platform)
-  init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key)
+  init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key,
+                           ema=bool(config.ema_decay))
   try:  # invalid model hyperparameters surface when the model is first built
     if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
       state = init(par.replicated)
@@ -155,7 +194,8 @@ def prepare(config: Config) -> Run:
   # after every step: XLA's GPU runtime reads a cond's predicate back to the host each time.
   step = functools.partial(train_step, model=built.model, objective=built.objective, tx=built.tx,
                            schedule=built.schedule, call=built.call,
-                           norms_every=config.log_every if on_cpu else 1, last_step=config.steps)
+                           norms_every=config.log_every if on_cpu else 1, last_step=config.steps,
+                           ema_decay=config.ema_decay, augment=config.augment.pipeline())
   steps = dispatch.Steps(config, par, feed, step, state, state_sharding, step_key)
   return Run(par, source, feed, data_read_at, built, state, state_sharding, steps, eval_key)
 
@@ -295,8 +335,19 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     if restored is not None:
       state = restored
   _write_flagfile(config, workdir, start_step, changed)  # only once the input is known to be valid
+  # The checkpoint of the best validation value, and early stopping (a resumed run counts the
+  # evaluations since its best again, from the steps).
+  best, misses = None, 0
+  if config.watched_metric:
+    best = checkpoint.Best(workdir / "checkpoints.best", f"val/{config.watched_metric}", config.watch_mode)
+    best.load(before=start_step)
+    if best.step is not None:
+      misses = start_step // config.eval_every - best.step // config.eval_every
+  patience = config.early_stopping_patience
+  stopped_early = bool(patience and misses >= patience)
   tokens_per_step = config.batch_size * config.block_size if source.windows is not None else None
-  log = logs.Logger(workdir, config.steps, tokens_per_step, start_step)
+  log = logs.Logger(workdir, config.steps, tokens_per_step, start_step,
+                    ended=start_step == config.steps or stopped_early)
   if start_step:
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}"
              + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
@@ -307,21 +358,49 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   p_eval = par.compile(functools.partial(eval_step, model=built.model, objective=built.objective, call=built.call),
                        run.state_sharding, returns_state=False)
   reading = time.perf_counter()
+  # With a validation split, the evaluations during training use it ("val/" metrics) and the
+  # test split (--eval_split, "eval/") is read once, after the last step.
   host_eval_batches = data.eval_batches(config, source)
-  eval_batches = feed_lib.DeviceBatches(host_eval_batches, par.put_batch, config.runtime.device_data_mb * 2**20)
+  validating = config.validation_split is not None
+  host_periodic = data.EvalBatches(config, source.builder, config.validation_split) if validating else host_eval_batches
+  prefix = "val" if validating else "eval"
+  eval_batches = feed_lib.DeviceBatches(host_periodic, par.put_batch, config.runtime.device_data_mb * 2**20)
   final_batches = eval_batches
   if source.windows is not None and config.final_eval_batches not in (0, config.eval_batches):
     final_batches = feed_lib.DeviceBatches(data.eval_batches(config, source, final=True), par.put_batch, 0)
   if config.eval_every or final_batches is eval_batches:
     eval_batches.load()  # read with the training data, outside the training time, when it fits
   read_s = run.data_read_at - start_time + time.perf_counter() - reading  # reading the data
-  write_samples = samples.writer(config, built.model, built.objective, source, host_eval_batches, workdir)
+  write_samples = samples.writer(config, built.model, built.objective, source, host_periodic, workdir)
   log.info(f"{run.feed.describe()}; {steps.k} step(s) per dispatch")
 
   def run_eval(step: int, batches: Any = eval_batches) -> dict[str, float]:
-    extra = write_samples(state, step) if write_samples else {}
-    return {**evaluate(p_eval, state, batches, run.eval_key, "eval"),
-            **{f"eval/{k}": float(v) for k, v in extra.items()}}
+    extra = write_samples(evaluated(state), step) if write_samples else {}
+    return {**evaluate(p_eval, evaluated(state), batches, run.eval_key, prefix),
+            **{f"{prefix}/{k}": float(v) for k, v in extra.items()}}
+
+  def test_eval(final_state: TrainState) -> dict[str, float]:  # the test split, once
+    return evaluate(p_eval, evaluated(final_state), feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0),
+                    run.eval_key, "eval")
+
+  def final_eval(step: int) -> dict[str, float]:
+    if best is not None:  # the best checkpoint: its validation metrics (from when it was saved), then the test
+      return {**best.metrics, **test_eval(best.restore(state))}
+    metrics = run_eval(step, final_batches)
+    return {**metrics, **test_eval(state)} if validating else metrics
+
+  def watch(step: int, metrics: dict[str, float]) -> bool:
+    """Keeps the best checkpoint; whether patience has run out."""
+    nonlocal misses
+    if best.metric not in metrics:
+      raise ConfigError(f"--best_metric={config.watched_metric}: the validation has no {best.metric}; it has "
+                        + ", ".join(k[len("val/"):] for k in metrics if k.startswith("val/")))
+    if best.better(metrics[best.metric]):
+      best.save(step, par.global_state(state), {k: v for k, v in metrics.items() if k.startswith("val/")})
+      misses = 0
+    else:
+      misses += 1
+    return bool(patience and misses >= patience)
 
   def kept() -> str:  # which checkpoint a stopped run leaves
     last = ckpts.latest_step()
@@ -334,13 +413,14 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   signals.in_loop = True
   try:
     with steps.spans(start_step) as spans:
-      for span in spans:
+      for span in spans if not stopped_early else ():
         state, metrics = steps(state, span)  # step
         pending.add(metrics)
         step = span.end
         done, stop = step == config.steps, signals.received
         should_log = step % config.log_every == 0 or done
-        should_eval = (config.eval_every and step % config.eval_every == 0) and not done  # (the final one: below)
+        # (the evaluation after the last step is below; with a best checkpoint, the last step competes too)
+        should_eval = (config.eval_every and step % config.eval_every == 0) and (not done or best is not None)
         should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done or stop
         if should_log or should_save:  # log
           means = pending.fetch(step, kept)
@@ -355,6 +435,9 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
             metrics = run_eval(step)
             log.evaluation(step, metrics)
             log.write(step, metrics)
+            if best is not None:
+              stopped_early = watch(step, metrics)
+              should_save = should_save or stopped_early
           if should_save:  # checkpoint: only a state whose every number is finite
             if not bool(_finite(state)):
               raise NonFiniteLoss(f"the state became NaN or infinite by step {step}; stopping. {kept()}")
@@ -364,19 +447,32 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
           name = signals.NAMES[stop]
           log.info(f"{name}: saved the checkpoint at step {step}; run the same command to resume.")
           return {"stopped": name, "step": step}
+        if stopped_early:
+          break
+    if stopped_early:
+      log.info(f"Early stopping at step {step}: {best.metric} has not improved for {misses} evaluations since step "
+               f"{best.step} ({logs.fmt_value(best.value)})")
     train_steps_per_sec = clock.steps_per_sec(step)  # the training steps only
     waited = time.perf_counter()
     ckpts.wait()  # the last checkpoint on disk before the final evaluation (a kill there loses nothing)
     signals.in_loop = False  # (a signal now has nothing left to save)
-    evaluated = time.perf_counter()
-    final = run_eval(step, final_batches)
-    final_eval_s, checkpoint_wait_s = time.perf_counter() - evaluated, evaluated - waited
-    log.evaluation(step, final)
-    log.write(step, final)
+    eval_start = time.perf_counter()
+    final = final_eval(step)
+    final_eval_s, checkpoint_wait_s = time.perf_counter() - eval_start, eval_start - waited
+    logged = final
+    if best is not None:  # its validation metrics are logged at its step already
+      logged = {k: v for k, v in final.items() if not k.startswith("val/")}
+      log.info(f"The best checkpoint (step {best.step}, {best.metric} {logs.fmt_value(best.value)}) on "
+               f"--eval_split={config.eval_split}:")
+    log.evaluation(step, logged)
+    log.write(step, logged)
   finally:
     signals.in_loop = False
     ckpts.close()
     log.close()
+    if best is not None:
+      best.close()
+  flops_per_step = steps.matmul_flops_per_step()
   summary = {
       **final,
       "step": step,
@@ -388,14 +484,20 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
       "steps_per_dispatch": steps.k,
       "feed": type(run.feed).__name__,  # Examples, Windows (held on the devices) or Streamed
       "train_steps_per_sec": train_steps_per_sec,  # evaluations and checkpoints not counted: below
+      # Compute: the matrix products of a step (counted from the traced program, experiments/flops.py)
+      # times the steps trained, from the first (a resumed run's earlier steps included).
+      "matmul_flops_per_step": flops_per_step,
+      "train_flops": flops_per_step * step,
       "final_eval_s": final_eval_s,
+      **({"best_step": best.step, "best_metric": best.metric, "best_value": best.value,
+          "stop_reason": "early_stopping" if stopped_early else "steps"} if best is not None else {}),
       "checkpoint_wait_s": checkpoint_wait_s,  # for the last checkpoint, before the final evaluation
   }
   if tokens_per_step:
     summary["train_tokens_per_sec"] = summary["train_steps_per_sec"] * tokens_per_step
   if jax.process_index() == 0:
     logs.write_json(workdir / "summary.json", summary)
-  log.info("Final: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+  log.info("Final: " + ", ".join(f"{k} {logs.fmt_value(v)}" if isinstance(v, float) else f"{k} {v}"
                                    for k, v in summary.items()))
   sample = (f"; sample from it: python -m experiments.sample --workdir={workdir}"
             if config.objective in ("lm", "seq2seq") else "")

@@ -7,7 +7,7 @@
 This package imports neither absl nor TensorFlow.
 """
 
-from nets import activations, apply, decoding, objectives
+from nets import activations, apply, augment, decoding, objectives
 from nets.registry import create, get, hparams, names, register
 
 # Importing a family's module registers its models.

@@ -36,7 +36,10 @@ class Objective(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """Softmax cross-entropy on integer labels `batch["y"]` given inputs `batch["x"]`."""
+  """Softmax cross-entropy on integer labels `batch["y"]` given inputs `batch["x"]`. A batch
+  mixed by mixup or cutmix (`nets.augment`) also holds `mix_y`, the partner's labels, and
+  `mix_weight`, the share of `y`: the loss is that mixture of the two cross-entropies, the
+  accuracy is against `y`."""
 
   label_smoothing: float = 0.0
 
@@ -48,10 +51,17 @@ class Classification:
     # The loss is computed in float32 whatever the model's compute dtype.
     logits = logits.astype(jnp.float32)
     # Cross-entropy against the true labels, whatever the smoothing: comparable across runs.
-    nll = loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    if self.label_smoothing:
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), self.label_smoothing)
-      loss = optax.softmax_cross_entropy(logits, targets)
+    def losses(labels):
+      nll = loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      if self.label_smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), self.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets)
+      return nll, loss
+
+    nll, loss = losses(labels)
+    if "mix_y" in batch:
+      w = batch["mix_weight"]
+      nll, loss = (w * own + (1 - w) * other for own, other in zip((nll, loss), losses(batch["mix_y"])))
     accuracy = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return {"loss": loss, "cross_entropy": nll, "accuracy": accuracy}
 

@@ -29,7 +29,8 @@ SCRIPT = textwrap.dedent("""
       base = Config(model=model, model_hparams=hparams, steps=6, batch_size=32, eval_batch_size=200,
                     log_every=3, eval_every=3, checkpoint_every=0, learning_rate=3e-3, seed=1, **data)
       params = {}
-      for mode, n in [("jit", 1), ("jit", 4), ("pmap", 4)]:
+      # (pmap and jit agree in float32; with bfloat16 products, jit over 4 devices against 1)
+      for mode, n in [("jit", 1), ("jit", 4), ("pmap", 4)][:2 if name == "gpt_bf16_products" else 3]:
         run = f"{workdir}/{name}-{mode}{n}"
         summary = train.train_and_evaluate(base.replace(parallel=Parallel(mode, n)), run)
         state = checkpoint.Checkpoints(run + "/checkpoints").restore_raw()
@@ -62,7 +63,7 @@ def test_jit_pmap_and_single_device_agree(tmp_path):
     # Rounding to bfloat16 turns the float32 round-off of another summation order into a
     # bfloat16 step (2^-8 relative) here and there, which Adam's normalised updates carry.
     tolerance = 1e-3 if model == "gpt_bf16_products" else 1e-5
-    for mode in ("jit4", "pmap4"):
+    for mode in ("jit4", "pmap4") if model != "gpt_bf16_products" else ("jit4",):
       r = results[model][mode]
       assert r["max_abs_diff"] < tolerance, (model, mode, r)
       assert r["eval_loss_diff"] < 1e-5, (model, mode, r)

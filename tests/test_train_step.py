@@ -119,3 +119,22 @@ def test_eval_step_ignores_masked_examples():
                           jax.random.key(0), model=model, objective=nets.objectives.Classification())
   assert float(full["count"]) == 32 and float(masked["count"]) == 16
   np.testing.assert_allclose(masked["loss"], first["loss"], rtol=1e-6)
+
+
+def test_the_parameters_moving_average_is_the_hand_computed_one():
+  batch = _classification_batch()
+  model = nets.create("mlp", features=(16,), num_outputs=3)
+  schedule = optim.schedule("constant", 0.1, 4)
+  tx = optim.optimizer("sgd", schedule)
+  state = build.init_state(model, tx, batch, jax.random.key(0), None, ema=True)
+  step = jax.jit(functools.partial(train.train_step, model=model, objective=nets.objectives.Classification(), tx=tx,
+                                   schedule=schedule, ema_decay=0.75))
+  expected = jax.tree.map(np.asarray, state.params)  # the average starts at the initial parameters
+  for _ in range(4):
+    state, _ = step(state, batch, jax.random.key(1))
+    expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * np.asarray(p), expected, state.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), state.ema_params, expected)
+  assert not np.allclose(state.ema_params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+  assert train.evaluated(state).params is state.ema_params  # what evaluations and samples see
+  plain = build.init_state(model, tx, batch, jax.random.key(0), None)
+  assert plain.ema_params is None and train.evaluated(plain) is plain
