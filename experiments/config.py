@@ -220,6 +220,8 @@ class Config:
                          "accuracy-like metrics, min otherwise.", choices=("auto", "min", "max"))
   early_stopping_patience: int = _loop(0, "Stop after this many evaluations without a better --best_metric "
                                        "(0: never). Needs --validation_fraction and --eval_every.", lower=0)
+  eval_train: bool = _loop(False, "Also evaluate the final (or best) parameters on the training examples, with the "
+                          "labels trained on: train/ metrics in summary.json, for the train-test gap.")
   seed: int = _loop(0, "Seed of parameter initialisation, dropout and data order.")
   dtype: str = _precision("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
                           "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))

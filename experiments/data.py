@@ -234,6 +234,14 @@ def read_training(config: Config, b: tfds.core.DatasetBuilder) -> Batch:
   return examples
 
 
+def _with_label_noise(examples: tf.data.Dataset, config: Config, b: tfds.core.DatasetBuilder,
+                      n: int) -> tf.data.Dataset:
+  """The whole training split `examples` (n of them) with the labels --label_noise gives them."""
+  replaced, noise = (tf.constant(a) for a in label_noise(config, b, n))
+  return examples.enumerate().map(
+      lambda i, ex: {**ex, "y": tf.where(replaced[i], tf.cast(noise[i], ex["y"].dtype), ex["y"])})
+
+
 def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int = 0) -> Iterator[Batch]:
   """Endless training batches of this process (its rows of each global batch), starting at
   batch `start_step`."""
@@ -243,9 +251,7 @@ def train_batches(config: Config, b: tfds.core.DatasetBuilder, start_step: int =
     if not whole:
       raise ConfigError(f"--label_noise needs a training split every process reads whole (at most "
                         f"{WHOLE_SPLIT_BYTES // 2**20} MiB); {config.fit_split} is larger")
-    replaced, noise = (tf.constant(a) for a in label_noise(config, b, n))
-    examples = examples.enumerate().map(
-        lambda i, ex: {**ex, "y": tf.where(replaced[i], tf.cast(noise[i], ex["y"].dtype), ex["y"])})
+    examples = _with_label_noise(examples, config, b, n)
   rows = per_process(config.batch_size)
   batch = config.batch_size if whole else rows  # the batches this process's stream is cut into
   if n < batch:
@@ -335,7 +341,12 @@ class EvalBatches:
 
   def __init__(self, config: Config, b: tfds.core.DatasetBuilder, split: str | None = None):
     split = self.split = split or config.eval_split
-    ds, n = _read(b, split)
+    if split == config.fit_split and config.label_noise:  # the training examples, as trained on
+      ds, n = _read(b, split, whole=True)
+      ds = _with_label_noise(ds, config, b, n).shard(jax.process_count(), jax.process_index())
+      n = len(range(jax.process_index(), n, jax.process_count()))
+    else:
+      ds, n = _read(b, split)
     self.batch = per_process(config.eval_batch_size)
     info = b.info.splits[split] if b.info.splits else None
     if info is None or info.num_bytes <= EVAL_CACHE_BYTES:
@@ -576,6 +587,9 @@ def load(config: Config) -> Source:
   if (config.validation_fraction or config.train_examples) and (is_text(b) or is_audio(b)):
     raise ConfigError(f"--validation_fraction and --train_examples slice datasets of examples; {config.dataset} is "
                       "a text or audio dataset: choose its splits with --train_split and --eval_split")
+  if config.eval_train and (is_text(b) or is_audio(b)):
+    raise ConfigError(f"--eval_train evaluates datasets of examples; {config.dataset} is a text or audio dataset "
+                      "(its training loss is logged as it trains)")
   text = Text.read(b, splits) if is_text(b) else None
   audio = Audio(b, splits) if text is None and is_audio(b) else None
   if text is not None or audio is not None:

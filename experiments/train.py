@@ -379,15 +379,20 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     return {**evaluate(p_eval, evaluated(state), batches, run.eval_key, prefix),
             **{f"{prefix}/{k}": float(v) for k, v in extra.items()}}
 
-  def test_eval(final_state: TrainState) -> dict[str, float]:  # the test split, once
-    return evaluate(p_eval, evaluated(final_state), feed_lib.DeviceBatches(host_eval_batches, par.put_batch, 0),
-                    run.eval_key, "eval")
+  def once(final_state: TrainState, batches: Any, prefix: str) -> dict[str, float]:  # a split read once
+    return evaluate(p_eval, evaluated(final_state), feed_lib.DeviceBatches(batches, par.put_batch, 0),
+                    run.eval_key, prefix)
 
   def final_eval(step: int) -> dict[str, float]:
-    if best is not None:  # the best checkpoint: its validation metrics (from when it was saved), then the test
-      return {**best.metrics, **test_eval(best.restore(state))}
-    metrics = run_eval(step, final_batches)
-    return {**metrics, **test_eval(state)} if validating else metrics
+    """The best checkpoint's validation metrics (from when it was saved) or the last state's,
+    then the test split (read here only, when validating) and the training examples."""
+    final_state = best.restore(state) if best is not None else state
+    metrics = best.metrics if best is not None else run_eval(step, final_batches)
+    if validating:
+      metrics = {**metrics, **once(final_state, host_eval_batches, "eval")}
+    if config.eval_train:
+      metrics = {**metrics, **once(final_state, data.EvalBatches(config, source.builder, config.fit_split), "train")}
+    return metrics
 
   def watch(step: int, metrics: dict[str, float]) -> bool:
     """Keeps the best checkpoint; whether patience has run out."""

@@ -183,7 +183,7 @@ def tpu_commands(planned: Sequence[Planned], root: str, options: TpuOptions) -> 
   commands = []
   for p in planned:
     run = p.run
-    flags = [f"--flagfile={run.base}", *run.args(), f"--workdir={root}/{run.name}", "--distributed.mode=on"]
+    flags = [f"--flagfile={run.base}", *(f"--flagfile={o}" for o in run.overlays), *run.args(), f"--workdir={root}/{run.name}", "--distributed.mode=on"]
     remote = f"cd {options.repo_dir} && {options.python} -m experiments.run " + " ".join(map(shlex.quote, flags))
     command = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", options.tpu, f"--zone={options.zone}"]
     if options.project:

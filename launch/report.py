@@ -2,10 +2,16 @@
 
     python -m launch.report --sweep=launch/sweeps/NAME.py [--metric=eval/loss] [--root=...]
 
+    python -m launch.report --sweep=... --x=train_flops --pareto --out=compute   # any metric against any
+
 One row per point of the sweep: the metric's mean and standard deviation over its seeds
 (the sample standard deviation, n - 1 in the denominator), each seed's value, and the
 means of the sweep's extra columns. Runs without a summary.json are counted as missing,
-never dropped silently. Files: ROOT/report.md, ROOT/report.csv, ROOT/report.png.
+never dropped silently. The plot puts the metric against a varied flag or any summary.json
+number (train_flops, num_params, wall_time_s, ...), one line per value of the other varied
+flags; with a power-law fit per line (the exponent, and the x each line needs to reach its
+target) and the Pareto front of the runs when the sweep's Report (or the flags) ask.
+Files: ROOT/OUT.md, ROOT/OUT.csv, ROOT/OUT.png (OUT: --out, default report).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 from typing import Any, Sequence
 
@@ -24,6 +31,12 @@ from launch.spec import Run, Sweep, SweepError, default_root, expand, load, poin
 flags.DEFINE_string("sweep", None, "The sweep file (launch/sweeps/NAME.py).")
 flags.DEFINE_string("root", "", "Folder of the sweep's runs (default: runs/sweeps/NAME).")
 flags.DEFINE_string("metric", "", "summary.json key to report (default: the sweep's report.metric).")
+flags.DEFINE_string("x", "", "The plot's x: a varied flag or a summary.json key (default: the sweep's report.x, "
+                    "else the first varied flag).")
+flags.DEFINE_bool("error", None, "Report 1 - metric (default: the sweep's report.error).")
+flags.DEFINE_bool("pareto", None, "Mark the Pareto front of the runs: lower x, better metric (default: the "
+                  "sweep's report.pareto).")
+flags.DEFINE_string("out", "report", "The files' name: ROOT/OUT.md, .csv, .png.")
 FLAGS = flags.FLAGS
 
 
@@ -45,7 +58,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def rows(sweep: Sweep, runs: Sequence[Run], found: dict[str, dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+def value(summary: dict[str, Any], metric: str, error: bool = False) -> float | None:
+  """The run's metric (1 - metric with `error`), or None if its summary lacks it. A metric
+  "A - B" is the difference of two keys (e.g. "train/accuracy - eval/accuracy", the gap)."""
+  if " - " in metric:
+    a, b = (value(summary, k.strip()) for k in metric.split(" - ", 1))
+    v = None if a is None or b is None else a - b
+  else:
+    v = summary.get(metric)
+  return None if v is None else 1.0 - v if error else v
+
+
+def rows(sweep: Sweep, runs: Sequence[Run], found: dict[str, dict[str, Any]], metric: str,
+         error: bool = False) -> list[dict[str, Any]]:
   """One dict per point: its values, its seeds' metric, mean, std, and the extra columns' means."""
   points: dict[str, list[Run]] = {}
   for run in runs:
@@ -53,15 +78,17 @@ def rows(sweep: Sweep, runs: Sequence[Run], found: dict[str, dict[str, Any]], me
   table = []
   for name, point_runs in points.items():
     point = point_runs[0].point
-    values = [found[r.name][metric] for r in point_runs if r.name in found and metric in found[r.name]]
+    values = [v for r in point_runs if r.name in found
+              for v in [value(found[r.name], metric, error)] if v is not None]
     mean, std = mean_std(values)
     first = next(iter(point.values()), None)
     table.append({
         "point": name, **dict(point), "labels": dict(sweep.report.labels.get(first, {})),
         "seeds": [r.seed for r in point_runs if r.name in found], "values": values,
-        "missing": len(point_runs) - len(values), "mean": mean, "std": std,
-        "extra": {key: mean_std([found[r.name][key] for r in point_runs
-                                 if r.name in found and key in found[r.name]])[0] for key in sweep.report.extra}})
+        "missing": len(point_runs) - len(values), "mean": mean, "std": std, "runs": point_runs,
+        "extra": {key: mean_std([v for r in point_runs if r.name in found
+                                 for v in [value(found[r.name], key)] if v is not None])[0]
+                  for key in sweep.report.extra}})
   return table
 
 
@@ -95,7 +122,8 @@ def markdown(sweep: Sweep, table: list[dict[str, Any]], metric: str, varied: Seq
     cells.append(result)
     if report.per_seed:
       cells.append(" / ".join(_fmt(v, report.percent) for v in row["values"]))
-    cells += [_fmt_extra(row["extra"][key]) for key in report.extra]
+    cells += [_fmt(row["extra"][key], True) if report.percent and "accuracy" in key else _fmt_extra(row["extra"][key])
+              for key in report.extra]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -109,65 +137,189 @@ def write_csv(path: str, table: list[dict[str, Any]], varied: Sequence[str], ext
                        " ".join(repr(v) for v in row["values"]), *(row["extra"][k] for k in extra)])
 
 
-def plot(path: str, table: list[dict[str, Any]], metric: str, varied: Sequence[str], percent: bool) -> None:
-  """The metric (mean, std as error bars) against the first varied flag; categorical x for
-  non-numbers, log x when the values span a factor of 30 or more. Other varied flags: one
-  line each."""
+def x_values(table: list[dict[str, Any]], found: dict[str, dict[str, Any]], x_key: str,
+             varied: Sequence[str]) -> None:
+  """Sets each row's "x" (and each of its runs' in "run_x"): the varied flag's value (a list's
+  first number), or the summary key's value (the row's: the mean over its seeds)."""
+  for row in table:
+    if not x_key:  # nothing varies: one point
+      row["x"], row["run_x"] = row["point"], {}
+    elif x_key in varied:
+      x = row[x_key]
+      if isinstance(x, (list, tuple)):
+        x = x[0]
+      elif isinstance(x, str) and re.fullmatch(r"[0-9.e+-]+(,[0-9.e+-]+)*", x):
+        x = float(x.split(",")[0])
+      row["x"], row["run_x"] = x, {r.name: x for r in row["runs"]}
+    else:
+      row["run_x"] = {r.name: found[r.name][x_key] for r in row["runs"] if r.name in found and x_key in found[r.name]}
+      row["x"] = mean_std(list(row["run_x"].values()))[0]
+
+
+def power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
+  """(a, b) of y = a * x^b, least squares on log y against log x; None with fewer than 2
+  positive points."""
+  pairs = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y > 0]
+  if len({p[0] for p in pairs}) < 2:
+    return None
+  n = len(pairs)
+  mx, my = sum(p[0] for p in pairs) / n, sum(p[1] for p in pairs) / n
+  b = sum((px - mx) * (py - my) for px, py in pairs) / sum((px - mx) ** 2 for px, _ in pairs)
+  return math.exp(my - b * mx), b
+
+
+def pareto_front(points: Sequence[tuple[float, float, str]], higher_is_better: bool) -> list[tuple[float, float, str]]:
+  """The (x, metric, name) points no other point beats in both: x no larger and the metric
+  no worse, one of them strictly. Sorted by x."""
+  sign = -1.0 if higher_is_better else 1.0
+  front, best = [], math.inf
+  for x, y, name in sorted(points, key=lambda p: (p[0], sign * p[1])):
+    if sign * y < best:
+      front.append((x, y, name))
+      best = sign * y
+  return front
+
+
+def _line_key(row: dict[str, Any], lines: Sequence[str]) -> str:
+  return ", ".join(f"{os.path.basename(str(row[k])).removesuffix('.flags')}" if k == "flagfile" else f"{k}={row[k]}"
+                   for k in lines)
+
+
+def _higher_is_better(metric: str, error: bool) -> bool:
+  return not error and not metric.endswith("loss") and not metric.endswith("error")
+
+
+def _run_points(table: list[dict[str, Any]], found: dict[str, dict[str, Any]], metric: str,
+                error: bool) -> list[tuple[float, float, str]]:
+  """(x, metric, run name) of every finished run."""
+  points = [(row["run_x"][n], value(found[n], metric, error), n) for row in table for n in row["run_x"]]
+  return [p for p in points if p[1] is not None]
+
+
+def analyses(sweep: Sweep, table: list[dict[str, Any]], found: dict[str, dict[str, Any]], x_key: str,
+             lines: Sequence[str], metric: str, error: bool, pareto: bool) -> str:
+  """Markdown for the fits and the Pareto front."""
+  report, text = sweep.report, ""
+  metric_name = f"1 - {metric}" if error else metric
+  if report.fit == "power_law":
+    text += (f"\nPower law per line, {metric_name} = a * {x_key}^b (least squares on log-log axes, over the "
+             f"points' means):\n\n| line | b | a | {x_key} to reach the target |\n|---|---|---|---|\n")
+    for line, group in _groups(table, lines).items():
+      fit = power_law([r["x"] for r in group if r["values"]], [r["mean"] for r in group if r["values"]])
+      if fit is None:
+        continue
+      a, b = fit
+      target = report.targets.get(group[0][lines[0]]) if lines else None
+      reach = "-"
+      if target is not None:
+        goal = 1.0 - target if error else target
+        at = f"(for {_fmt(goal, report.percent)}{'%' if report.percent else ''})"
+        reach = f"{(goal / a) ** (1 / b):,.0f} {at}" if b < 0 else f"not reached, b >= 0 {at}"
+      text += f"| {line or 'all'} | {b:.3f} | {a:.3g} | {reach} |\n"
+  if pareto:
+    higher = _higher_is_better(metric, error)
+    points = _run_points(table, found, metric, error)
+    front = pareto_front(points, higher)
+    text += (f"\nPareto front of the {len(points)} runs ({'higher' if higher else 'lower'} {metric_name}, lower "
+             f"{x_key}):\n\n| run | {x_key} | {metric_name} |\n|---|---|---|\n")
+    text += "".join(f"| {n} | {x:.4g} | {_fmt(y, report.percent)} |\n" for x, y, n in front)
+  return text
+
+
+def _groups(table: list[dict[str, Any]], lines: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for row in table:
+    groups.setdefault(_line_key(row, lines), []).append(row)
+  return groups
+
+
+def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, dict[str, Any]], metric: str,
+         x_key: str, lines: Sequence[str], error: bool, pareto: bool) -> None:
+  """The metric (mean, std as error bars) against x; categorical x for non-numbers, log x
+  when the values span a factor of 30 or more. Fitted power laws dashed; the Pareto front
+  of the runs as a step line over every run's dot."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  x_key = varied[0] if varied else None
-  scale = 100.0 if percent else 1.0
+  report = sweep.report
+  scale = 100.0 if report.percent else 1.0
+  metric_name = f"1 - {metric}" if error else metric
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  groups: dict[str, list[dict[str, Any]]] = {}
-  for row in table:
-    groups.setdefault(", ".join(f"{k}={row[k]}" for k in varied[1:]), []).append(row)
-  xs = [row[x_key] for row in table] if x_key else [0]
-  numeric = x_key is not None and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+  groups = _groups(table, lines)
+  xs = [row["x"] for row in table if row["values"]]
+  numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x) for x in xs)
   categories = list(dict.fromkeys(os.path.basename(str(x)).removesuffix(".flags") for x in xs))
   for label, group in groups.items():
+    group = [row for row in group if row["values"]]
     if numeric:
-      position = [row[x_key] for row in group]
+      group.sort(key=lambda row: row["x"])
+      position = [row["x"] for row in group]
     else:
-      position = [categories.index(os.path.basename(str(row[x_key] if x_key else 0)).removesuffix(".flags"))
-                  for row in group]
+      position = [categories.index(os.path.basename(str(row["x"])).removesuffix(".flags")) for row in group]
     means = [scale * row["mean"] for row in group]
     stds = [0.0 if math.isnan(row["std"]) else scale * row["std"] for row in group]
-    ax.errorbar(position, means, yerr=stds, marker="o", capsize=4, linestyle="-" if numeric else "none",
-                label=label or None)
-  if numeric and min(xs) > 0 and max(xs) / min(xs) >= 30:
+    line = ax.errorbar(position, means, yerr=stds, marker="o", capsize=4, linestyle="-" if numeric else "none",
+                       label=label or None)
+    fit = power_law(position, [row["mean"] for row in group]) if report.fit == "power_law" and numeric else None
+    if fit is not None:
+      grid = [min(position) * (max(position) / min(position)) ** (i / 50) for i in range(51)]
+      ax.plot(grid, [scale * fit[0] * g ** fit[1] for g in grid], linestyle="--", color=line[0].get_color(),
+              alpha=0.7, label=f"{label}: b = {fit[1]:.3f}" if label else f"b = {fit[1]:.3f}")
+  if pareto and numeric:
+    points = _run_points(table, found, metric, error)
+    ax.scatter([p[0] for p in points], [scale * p[1] for p in points], s=8, color="grey", alpha=0.5, zorder=1)
+    front = pareto_front(points, _higher_is_better(metric, error))
+    ax.step([p[0] for p in front], [scale * p[1] for p in front], where="post", color="black", linewidth=1.5,
+            label="Pareto front (runs)")
+  if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 30:
     ax.set_xscale("log")
+  if report.log_y:
+    ax.set_yscale("log")
   if not numeric:
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-  ax.set_xlabel(x_key or "")
-  ax.set_ylabel(metric + (" (%)" if percent else ""))
-  ax.grid(alpha=0.3)
-  if len(groups) > 1:
-    ax.legend(fontsize=8)
+  ax.set_xlabel(x_key)
+  ax.set_ylabel(metric_name + (" (%)" if report.percent else ""))
+  ax.grid(alpha=0.3, which="both")
+  if len(groups) > 1 or report.fit or pareto:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def report(sweep_path: str, root: str = "", metric: str = "") -> str:
-  """Writes ROOT/report.{md,csv,png}; returns the Markdown."""
+def report(sweep_path: str, root: str = "", metric: str = "", x: str = "", error: bool | None = None,
+           pareto: bool | None = None, out: str = "report") -> str:
+  """Writes ROOT/OUT.{md,csv,png}; returns the Markdown."""
   name, sweep = load(sweep_path)
   runs = expand(sweep)
   root = os.path.abspath(root or default_root(name))
   metric = metric or sweep.report.metric
+  error = sweep.report.error if error is None else error
+  pareto = sweep.report.pareto if pareto is None else pareto
   found = summaries(runs, root)
   if not found:
     raise SweepError(f"no run of sweep {name} has finished in {root}")
   varied = list(dict.fromkeys(k for run in runs for k in run.point))
-  table = rows(sweep, runs, found, metric)
-  text = markdown(sweep, table, metric, varied)
+  x_key = x or sweep.report.x or (varied[0] if varied else "")
+  if x_key and x_key not in varied and not any(x_key in summary for summary in found.values()):
+    raise SweepError(f"--x={x_key}: neither a varied flag ({', '.join(varied) or 'none'}) nor a key of the runs' "
+                     "summary.json")
+  # One line per value of the other varied flags; against a summary key, of the first varied flag.
+  lines = list(sweep.report.lines) or ([k for k in varied if k != x_key] if x_key in varied else varied[:1])
+  metric_name = f"1 - {metric}" if error else metric
+  table = rows(sweep, runs, found, metric, error)
+  x_values(table, found, x_key, varied)
+  text = markdown(sweep, table, metric_name, varied)
   text += (f"\n{len(found)} of {len(runs)} runs finished. Std: the sample standard deviation over seeds "
-           f"(n - 1). Command: `python -m launch.report --sweep={sweep_path}`.\n")
-  with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
+           f"(n - 1). Command: `python -m launch.report --sweep={sweep_path}"
+           f"{f' --x={x}' if x else ''}{' --pareto' if pareto and not sweep.report.pareto else ''}"
+           f"{f' --out={out}' if out != 'report' else ''}`.\n")
+  text += analyses(sweep, table, found, x_key, lines, metric, error, pareto)
+  with open(os.path.join(root, f"{out}.md"), "w", encoding="utf-8") as f:
     f.write(text)
-  write_csv(os.path.join(root, "report.csv"), table, varied, list(sweep.report.extra))
-  plot(os.path.join(root, "report.png"), table, metric, varied, sweep.report.percent)
+  write_csv(os.path.join(root, f"{out}.csv"), table, varied, list(sweep.report.extra))
+  plot(os.path.join(root, f"{out}.png"), sweep, table, found, metric, x_key, lines, error, pareto)
   return text
 
 
@@ -177,7 +329,7 @@ def main(argv: list[str]) -> None:
   if not FLAGS.sweep:
     raise app.UsageError("--sweep=launch/sweeps/NAME.py is required")
   try:
-    text = report(FLAGS.sweep, FLAGS.root, FLAGS.metric)
+    text = report(FLAGS.sweep, FLAGS.root, FLAGS.metric, FLAGS.x, FLAGS.error, FLAGS.pareto, FLAGS.out)
   except SweepError as e:
     raise app.UsageError(str(e)) from None
   print(text, end="")

@@ -10,6 +10,11 @@ A sweep file (`launch/sweeps/NAME.py`) defines `SWEEP`:
         seeds=(0, 1, 2),
         flags={"steps": 3000})                                  # the same for every run
 
+`overlay` lists flag files read after the base (their flags win), e.g. an experiment's
+set-up applied to each of several models' flag files.
+`variants` names sets of flags that go together, an axis of their own named "variant"
+(e.g. {"none": {}, "dropout": {"mlp.dropout": 0.3}, "all": {...}}): each point takes one.
+
 `base` may be a list of flag files: they are then an axis of their own, named "flagfile".
 Each run is one point of the grid (times each random draw) and one seed. Pure Python: the
 launcher never imports JAX.
@@ -88,6 +93,21 @@ class Report:
   extra: Mapping[str, str] = dataclasses.field(default_factory=dict)  # summary key -> column header
   labels: Mapping[Any, Mapping[str, str]] = dataclasses.field(default_factory=dict)
   per_seed: bool = True
+  # The plot: x is a varied flag (default: the first; a list value such as layer widths is
+  # plotted by its first number) or a summary.json key (its mean over seeds: train_flops,
+  # num_params, wall_time_s, ...); one line per value of `lines` (default: the other varied
+  # flags, or against a summary key the first varied flag).
+  x: str = ""
+  lines: Sequence[str] = ()
+  error: bool = False  # show 1 - metric (an error rate from an accuracy)
+  log_y: bool = False
+  fit: str = ""  # "power_law": per line, metric = a * x^b fitted on log-log axes
+  targets: Mapping[Any, float] = dataclasses.field(default_factory=dict)  # line value -> the metric to reach
+  pareto: bool = False  # mark the runs no other run beats in both x (lower) and the metric
+
+  def __post_init__(self):
+    if self.fit not in ("", "power_law"):
+      raise SweepError(f"Report(fit={self.fit!r}): the fits are power_law")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +119,8 @@ class Sweep:
   random_seed: int = 0
   seeds: Sequence[int] = (0,)
   flags: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  overlay: Sequence[str] = ()
   report: Report = Report()
 
   def __post_init__(self):
@@ -108,6 +130,9 @@ class Sweep:
     for path in bases:
       if not os.path.isfile(os.path.join(REPO, path)):
         raise SweepError(f"base flag file {path!r} does not exist")
+    for path in self.overlay:
+      if not os.path.isfile(os.path.join(REPO, path)):
+        raise SweepError(f"overlay flag file {path!r} does not exist")
     for name, values in self.grid.items():
       if isinstance(values, str) or not isinstance(values, Sequence) or not values:
         raise SweepError(f"grid[{name!r}] must be a non-empty list of values")
@@ -116,8 +141,11 @@ class Sweep:
         raise SweepError(f"random[{name!r}] must be a distribution (choice, uniform, log_uniform, randint)")
     if self.random and self.num_random < 1:
       raise SweepError("random search needs num_random >= 1")
-    overlap = (set(self.grid) & set(self.random)) | ({"seed", "workdir", "flagfile"} &
-                                                     (set(self.grid) | set(self.random) | set(self.flags)))
+    variant_flags = {k for flags_ in self.variants.values() for k in flags_}
+    overlap = (set(self.grid) & set(self.random)) | ({"seed", "workdir", "flagfile", "variant"} &
+                                                     (set(self.grid) | set(self.random) | set(self.flags)
+                                                      | variant_flags)) | (variant_flags & (set(self.grid)
+                                                                                            | set(self.random)))
     if overlap:
       raise SweepError(f"flags given twice or reserved: {sorted(overlap)}")
     if not self.seeds:
@@ -138,9 +166,13 @@ class Run:
   seed: int
   flags: Mapping[str, Any]  # the sweep's fixed flags
 
+  variant: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # its variant's flags
+  overlays: tuple[str, ...] = ()  # flag files read after the base
+
   def args(self) -> list[str]:
-    """The run's flags after its base flag file."""
-    values = {**self.flags, **{k: v for k, v in self.point.items() if k != "flagfile"}, "seed": self.seed}
+    """The run's flags after its base flag file (a variant's override the sweep's fixed flags)."""
+    values = {**self.flags, **self.variant, **{k: v for k, v in self.point.items() if k not in ("flagfile", "variant")},
+              "seed": self.seed}
     return [f"--{k}={format_value(v)}" for k, v in values.items()]
 
 
@@ -167,6 +199,8 @@ def point_name(point: Mapping[str, Any]) -> str:
 def expand(sweep: Sweep) -> list[Run]:
   """Every run of the sweep, in a fixed order (points, then seeds)."""
   axes = {"flagfile": sweep.bases} if len(sweep.bases) > 1 else {}
+  if sweep.variants:
+    axes["variant"] = list(sweep.variants)
   axes.update(sweep.grid)
   grid_points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
   rng = random_lib.Random(sweep.random_seed)
@@ -180,7 +214,8 @@ def expand(sweep: Sweep) -> list[Run]:
         if name in names:
           raise SweepError(f"two runs would be named {name!r} (repeated values?)")
         names.add(name)
-        runs.append(Run(name, point.get("flagfile", sweep.bases[0]), point, seed, dict(sweep.flags)))
+        runs.append(Run(name, point.get("flagfile", sweep.bases[0]), point, seed, dict(sweep.flags),
+                        dict(sweep.variants.get(point.get("variant"), {})), tuple(sweep.overlay)))
   return runs
 
 
@@ -220,7 +255,9 @@ def expand_flagfile(path: str, seen: tuple[str, ...] = ()) -> list[str]:
 
 
 def resolved_flagfile(run: Run) -> str:
-  """The text of the run's own flag file: its base flag file expanded, then its flags."""
+  """The text of the run's own flag file: its base flag file expanded, then its overlays,
+  then its flags."""
+  read = " and ".join((run.base, *run.overlays))
   return "".join(line + "\n" for line in [
-      f"# Sweep run {run.name}: {run.base} expanded, then the run's flags (later flags win).",
-      *expand_flagfile(run.base), *run.args()])
+      f"# Sweep run {run.name}: {read} expanded, then the run's flags (later flags win).",
+      *expand_flagfile(run.base), *(line for o in run.overlays for line in expand_flagfile(o)), *run.args()])

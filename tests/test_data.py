@@ -32,6 +32,28 @@ def test_tfds_load_finds_our_builder(mnist1d_builder, tfds_dir):  # prepared by 
   assert sum(1 for _ in ds) == 1000
 
 
+def test_mnist1d_larger_configs_add_generated_chunks_after_the_published_set(tfds_dir, monkeypatch, tmp_path):
+  from mnist1d.data import get_dataset_args, make_dataset
+  from experiments.datasets import mnist1d
+  monkeypatch.setattr(mnist1d, "CHUNK", 20)  # the real configs add chunks of 12,000
+  monkeypatch.setitem(mnist1d.SIZES, "tiny", (4040, 20))
+  b = mnist1d.Mnist1d(config=tfds.core.BuilderConfig(name="tiny"), data_dir=str(tmp_path))
+  b.download_and_prepare()
+  x, y = tfds.as_numpy(b.as_dataset(split="train", batch_size=-1, as_supervised=True))
+  ref = make_dataset(get_dataset_args())
+  np.testing.assert_array_equal(x[:4000], ref["x"].astype(np.float32))  # the published examples first
+  np.testing.assert_array_equal(y[:4000], ref["y"])
+  for i, seed in enumerate((43, 44)):  # then one make_dataset call per seed
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = 20, 1.0, seed
+    chunk = make_dataset(args)
+    np.testing.assert_array_equal(x[4000 + 20 * i:4020 + 20 * i], chunk["x"].astype(np.float32))
+  x_test, _ = tfds.as_numpy(b.as_dataset(split="test", batch_size=-1, as_supervised=True))
+  assert x_test.shape == (20, 40) and not np.array_equal(x_test, ref["x_test"][:20])
+  assert [c.name for c in mnist1d.Mnist1d.BUILDER_CONFIGS] == ["published", "train_16k", "train_64k",
+                                                                 "train_256k", "test_12k"]
+
+
 def _take(it, n):
   return [next(it) for _ in range(n)]
 

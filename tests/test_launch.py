@@ -90,6 +90,66 @@ def test_sbatch_script_and_tpu_commands(tmp_path):
     backends.tpu_commands(planned, "/mnt/runs", backends.TpuOptions())
 
 
+def test_variants_and_overlays_compose_in_order():
+  sweep = Sweep(base="experiments/flags/mnist1d_mlp.flags", overlay=["experiments/flags/mnist1d_cures.flags"],
+                variants={"none": {}, "both": {"mlp.dropout": 0.3, "eval_every": 100}},
+                grid={"learning_rate": [0.1]}, flags={"eval_every": 50, "steps": 7})
+  runs = spec.expand(sweep)
+  assert [r.name for r in runs] == ["variant=none,learning_rate=0.1,seed=0", "variant=both,learning_rate=0.1,seed=0"]
+  lines = spec.resolved_flagfile(runs[1]).splitlines()
+  assert lines.index("--model=mlp") < lines.index("--validation_fraction=0.1")  # the overlay after the base
+  assert lines[-5:] == ["--eval_every=100", "--steps=7", "--mlp.dropout=0.3", "--learning_rate=0.1", "--seed=0"]
+  assert "--mlp.dropout=0.3" not in spec.resolved_flagfile(runs[0])
+  command = backends.tpu_commands([backends.Planned(runs[0], "/r/x")], "/r", backends.TpuOptions("v4-8", "z"))[0][-1]
+  assert ("--flagfile=experiments/flags/mnist1d_mlp.flags --flagfile=experiments/flags/mnist1d_cures.flags "
+          "--eval_every=50") in command
+  with pytest.raises(SweepError, match="reserved"):
+    Sweep(base="experiments/flags/mnist1d_mlp.flags", variants={"a": {"mlp.dropout": 0.1}},
+          grid={"mlp.dropout": [0.2]})
+  with pytest.raises(SweepError, match="overlay flag file"):
+    Sweep(base="experiments/flags/mnist1d_mlp.flags", overlay=["experiments/flags/nope.flags"])
+
+
+def test_power_law_and_pareto_front():
+  a, b = report.power_law([100, 1000, 10000], [0.5 * 100 ** -0.3, 0.5 * 1000 ** -0.3, 0.5 * 10000 ** -0.3])
+  assert abs(a - 0.5) < 1e-9 and abs(b + 0.3) < 1e-12
+  assert report.power_law([100], [0.1]) is None
+  points = [(1, 0.50, "a"), (2, 0.70, "b"), (3, 0.60, "c"), (4, 0.90, "d"), (4, 0.80, "e"), (0.5, 0.40, "f")]
+  assert [p[2] for p in report.pareto_front(points, higher_is_better=True)] == ["f", "a", "b", "d"]
+  assert [p[2] for p in report.pareto_front(points, higher_is_better=False)] == ["f"]
+
+
+def test_report_against_a_summary_key_with_error_fit_targets_and_pareto(tmp_path):
+  path = tmp_path / "data.py"
+  path.write_text(textwrap.dedent("""
+      from launch.spec import Report, Sweep
+      F = "experiments/flags/"
+      SWEEP = Sweep(base=[F + "mnist1d_mlp.flags", F + "mnist1d_cnn.flags"], grid={"train_examples": [100, 1000, 10000]},
+                    report=Report(metric="eval/accuracy", percent=True, error=True, x="train_examples",
+                                  fit="power_law", targets={F + "mnist1d_cnn.flags": 0.9},
+                                  extra={"train/accuracy - eval/accuracy": "gap"}))
+  """))
+  root = str(tmp_path / "runs")
+  for model, a in (("mlp", 0.8), ("cnn", 0.4)):
+    for n in (100, 1000, 10000):
+      _fake_run(root, f"flagfile=mnist1d_{model},train_examples={n},seed=0",
+                **{"eval/accuracy": 1 - a * n ** -0.25, "train/accuracy": 1.0, "train_flops": n * (10 if model == "mlp"
+                                                                                                 else 30)})
+  text = report.report(str(path), root)
+  assert "1 - eval/accuracy: mean" in text
+  assert "| mnist1d_cnn | -0.250 | 0.4 | 256 (for 10.0%) |" in text  # 0.4 n^-0.25 = 0.1 at n = 4^4
+  assert "| `mnist1d_mlp.flags` | 100 | **25.3%** | 25.3 | 25.3 |" in text  # error 0.8 / 100^0.25; the gap
+  compute = report.report(str(path), root, x="train_flops", pareto=True, out="compute")
+  assert "Pareto front of the 6 runs (lower 1 - eval/accuracy, lower train_flops)" in compute
+  front = [line.split(" | ")[0][2:] for line in compute.split("Pareto front")[1].splitlines() if "seed=" in line]
+  # The MLP's 10,000-FLOP run (error 14.2%) is beaten by the CNN's 3,000-FLOP one (12.6%).
+  assert front == [f"flagfile=mnist1d_{m},train_examples={n},seed=0"
+                   for m, n in (("mlp", 100), ("cnn", 100), ("cnn", 1000), ("cnn", 10000))]
+  assert os.path.getsize(os.path.join(root, "compute.png")) > 1000 and os.path.exists(os.path.join(root, "report.png"))
+  with pytest.raises(SweepError, match="--x=nope: neither a varied flag"):
+    report.report(str(path), root, x="nope")
+
+
 def _fake_run(root, name, **summary):
   os.makedirs(os.path.join(root, name))
   with open(os.path.join(root, name, "summary.json"), "w", encoding="utf-8") as f:

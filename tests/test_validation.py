@@ -167,6 +167,24 @@ def test_label_noise_replaces_the_stated_fraction_the_same_in_every_feed(tfds_di
   assert not np.array_equal(data.read_training(noisy.replace(seed=1), b)["y"], y_noisy)  # chosen by the seed
   streamed = data.train_batches(noisy, b)  # the host-streamed feed: in order, the same labels
   np.testing.assert_array_equal(np.concatenate([next(streamed)["y"] for _ in range(36)]), y_noisy)
+  evaluated = data.EvalBatches(noisy, b, noisy.fit_split)  # --eval_train: the labels trained on
+  labels = np.concatenate([batch["y"][batch["mask"] > 0] for batch in evaluated])
+  np.testing.assert_array_equal(labels, y_noisy)
+
+
+def test_eval_train_reports_the_training_examples_after_the_test(tmp_path, monkeypatch):
+  reads = []
+  iterate = data.EvalBatches.__iter__
+
+  def recorded(self):
+    reads.append(self.split)
+    yield from iterate(self)
+  monkeypatch.setattr(data.EvalBatches, "__iter__", recorded)
+  summary = train_in_process(*RUN, "--steps=20", "--eval_every=0", "--validation_fraction=0.1", "--label_noise=0.5",
+                             "--eval_train", workdir=tmp_path)
+  assert reads == ["train[90%:]", "test", "train[:90%]"]
+  assert {k.split("/")[0] for k in summary if "/" in k} == {"val", "eval", "train"}
+  assert 0 <= summary["train/accuracy"] <= 1 and summary["train/accuracy"] != summary["eval/accuracy"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,0 +1,39 @@
+"""Overfitting and its cures: the paper's MNIST-1D MLP with each cure alone, at a few
+strengths, and combined (experiments/flags/mnist1d_cures.flags; docs/results.md). The
+combined variant takes each cure at the strength that was best on validation.
+
+    python -m launch.sweep --sweep=launch/sweeps/mnist1d_cures_mlp.py --max_parallel=2
+    python -m launch.report --sweep=launch/sweeps/mnist1d_cures_mlp.py
+"""
+
+from launch.spec import Report, Sweep
+
+EARLY_STOPPING = {"best_metric": "accuracy", "early_stopping_patience": 8}
+VARIANTS = {
+    "none": {},
+    "dropout 0.1": {"mlp.dropout": 0.1},
+    "dropout 0.3": {"mlp.dropout": 0.3},
+    "dropout 0.5": {"mlp.dropout": 0.5},
+    "weight decay 0.01": {"optimizer": "adamw", "weight_decay": 0.01},
+    "weight decay 0.1": {"optimizer": "adamw", "weight_decay": 0.1},
+    "weight decay 0.5": {"optimizer": "adamw", "weight_decay": 0.5},
+    "augment shift": {"augment.shift": 5, "augment.shift_circular": False},
+    "augment shift+scale+noise": {"augment.shift": 5, "augment.shift_circular": False, "augment.scale": 0.2,
+                                  "augment.noise": 0.05},
+    "augment mixup": {"augment.mixup": 0.2},
+    "early stopping": EARLY_STOPPING,
+    "EMA 0.99": {"ema_decay": 0.99},
+    "EMA 0.999": {"ema_decay": 0.999},
+    "label smoothing 0.1": {"classification.label_smoothing": 0.1},
+    "label smoothing 0.2": {"classification.label_smoothing": 0.2},
+}
+
+SWEEP = Sweep(
+    base="experiments/flags/mnist1d_mlp.flags",
+    overlay=["experiments/flags/mnist1d_cures.flags"],
+    variants=VARIANTS,
+    seeds=(0, 1, 2),
+    report=Report(metric="eval/accuracy", percent=True,
+                  extra={"val/accuracy": "validation", "train/accuracy": "train",
+                         "train/accuracy - eval/accuracy": "train - test", "step": "steps"}),
+)
