@@ -189,6 +189,11 @@ def _higher_is_better(metric: str, error: bool) -> bool:
   return not error and not metric.endswith("loss") and not metric.endswith("error")
 
 
+def _choice_value(row: dict[str, Any], found: dict[str, dict[str, Any]], key: str) -> float:
+  """The mean over the row's finished seeds of `key` (nan if none has it)."""
+  return mean_std([v for r in row["runs"] if r.name in found for v in [value(found[r.name], key)] if v is not None])[0]
+
+
 def _run_points(table: list[dict[str, Any]], found: dict[str, dict[str, Any]], metric: str,
                 error: bool) -> list[tuple[float, float, str]]:
   """(x, metric, run name) of every finished run."""
@@ -216,6 +221,19 @@ def analyses(sweep: Sweep, table: list[dict[str, Any]], found: dict[str, dict[st
         at = f"(for {_fmt(goal, report.percent)}{'%' if report.percent else ''})"
         reach = f"{(goal / a) ** (1 / b):,.0f} {at}" if b < 0 else f"not reached, b >= 0 {at}"
       text += f"| {line or 'all'} | {b:.3f} | {a:.3g} | {reach} |\n"
+  if report.choose:
+    higher = _higher_is_better(report.choose, False)
+    per = ["flagfile"] if table and "flagfile" in table[0] else []  # one choice per flag file, over all else
+    text += (f"\nChosen on {report.choose} (the best mean over seeds{' per flag file' if per else ''}), and its "
+             f"{metric_name}:\n\n| flag file | chosen | {report.choose} | {metric_name} |\n|---|---|---|---|\n")
+    for line, group in _groups(table, per).items():
+      scored = [row for row in group if not math.isnan(_choice_value(row, found, report.choose))]
+      if not scored:
+        continue
+      row = (max if higher else min)(scored, key=lambda r: _choice_value(r, found, report.choose))
+      std = "" if math.isnan(row["std"]) else f" ± {_fmt(row['std'], report.percent, 2)}"
+      text += (f"| {line or 'all'} | {row['point']} | {_fmt(_choice_value(row, found, report.choose), report.percent)}"
+               f" | **{_fmt(row['mean'], report.percent)}{std}** |\n")
   if pareto:
     higher = _higher_is_better(metric, error)
     points = _run_points(table, found, metric, error)

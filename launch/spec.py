@@ -104,6 +104,9 @@ class Report:
   fit: str = ""  # "power_law": per line, metric = a * x^b fitted on log-log axes
   targets: Mapping[Any, float] = dataclasses.field(default_factory=dict)  # line value -> the metric to reach
   pareto: bool = False  # mark the runs no other run beats in both x (lower) and the metric
+  # Per flag file (when they vary), the point with the best mean of this summary key (e.g.
+  # "val/accuracy"): the choice made on validation, and its metric (the test figure) beside it.
+  choose: str = ""
 
   def __post_init__(self):
     if self.fit not in ("", "power_law"):

@@ -20,8 +20,9 @@ TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--c
 # own would be slow on 2 CPU cores.
 SMALLER = {
     "shakespeare_char.flags": ["--batch_size=4", "--eval_batch_size=4"],
-    "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4"],
-    "numbers_to_words_transformer.flags": ["--eval_split=test[:100]"],
+    "shakespeare_char_gpt.flags": ["--batch_size=4", "--eval_batch_size=4", "--gpt.num_layers=1", "--block_size=64"],
+    "numbers_to_words_transformer.flags": ["--eval_split=test[:100]", "--encoder_decoder.num_layers=1",
+                                           "--encoder_decoder.num_decoder_layers=1"],
     # Diffusion samples through every step at the final evaluation: fewer steps and samples.
     "ddpm_ring.flags": ["--ddpm.diffusion_steps=20", "--sample.count=100", "--ddpm_mlp.hidden=32"],
     "ddpm_grid.flags": ["--ddpm.diffusion_steps=20", "--sample.count=100", "--ddpm_mlp.hidden=32"],
@@ -37,7 +38,7 @@ SMALLER = {
     "mnist1d_learning_curve.flags": ["--dataset=mnist1d", "--train_examples=1000", "--eval_every=1"],
 }
 # Experiment set-ups read after a model's flag file (a sweep's overlay): run with one.
-OVERLAYS = {"mnist1d_cures.flags": "mnist1d_mlp.flags", "mnist1d_learning_curve.flags": "mnist1d_cnn.flags"}
+OVERLAYS = {"mnist1d_validation.flags": "mnist1d_mlp.flags", "mnist1d_learning_curve.flags": "mnist1d_cnn.flags"}
 
 
 def parse(*args: str) -> config_lib.Config:

@@ -91,7 +91,7 @@ def test_sbatch_script_and_tpu_commands(tmp_path):
 
 
 def test_variants_and_overlays_compose_in_order():
-  sweep = Sweep(base="experiments/flags/mnist1d_mlp.flags", overlay=["experiments/flags/mnist1d_cures.flags"],
+  sweep = Sweep(base="experiments/flags/mnist1d_mlp.flags", overlay=["experiments/flags/mnist1d_validation.flags"],
                 variants={"none": {}, "both": {"mlp.dropout": 0.3, "eval_every": 100}},
                 grid={"learning_rate": [0.1]}, flags={"eval_every": 50, "steps": 7})
   runs = spec.expand(sweep)
@@ -101,7 +101,7 @@ def test_variants_and_overlays_compose_in_order():
   assert lines[-5:] == ["--eval_every=100", "--steps=7", "--mlp.dropout=0.3", "--learning_rate=0.1", "--seed=0"]
   assert "--mlp.dropout=0.3" not in spec.resolved_flagfile(runs[0])
   command = backends.tpu_commands([backends.Planned(runs[0], "/r/x")], "/r", backends.TpuOptions("v4-8", "z"))[0][-1]
-  assert ("--flagfile=experiments/flags/mnist1d_mlp.flags --flagfile=experiments/flags/mnist1d_cures.flags "
+  assert ("--flagfile=experiments/flags/mnist1d_mlp.flags --flagfile=experiments/flags/mnist1d_validation.flags "
           "--eval_every=50") in command
   with pytest.raises(SweepError, match="reserved"):
     Sweep(base="experiments/flags/mnist1d_mlp.flags", variants={"a": {"mlp.dropout": 0.1}},
@@ -117,6 +117,26 @@ def test_power_law_and_pareto_front():
   points = [(1, 0.50, "a"), (2, 0.70, "b"), (3, 0.60, "c"), (4, 0.90, "d"), (4, 0.80, "e"), (0.5, 0.40, "f")]
   assert [p[2] for p in report.pareto_front(points, higher_is_better=True)] == ["f", "a", "b", "d"]
   assert [p[2] for p in report.pareto_front(points, higher_is_better=False)] == ["f"]
+
+
+def test_report_chooses_on_validation_per_flag_file(tmp_path):
+  path = tmp_path / "choose.py"
+  path.write_text(textwrap.dedent("""
+      from launch.spec import Report, Sweep
+      F = "experiments/flags/"
+      SWEEP = Sweep(base=[F + "mnist1d_mlp.flags", F + "mnist1d_cnn.flags"], grid={"learning_rate": [0.1, 0.2]},
+                    seeds=(0, 1), report=Report(metric="eval/accuracy", choose="val/accuracy"))
+  """))
+  root = str(tmp_path / "runs")
+  val = {("mlp", 0.1): (0.5, 0.7), ("mlp", 0.2): (0.6, 0.5), ("cnn", 0.1): (0.9, 0.9), ("cnn", 0.2): (0.8, 0.95)}
+  for (model, lr), (v0, v1) in val.items():
+    for seed, v in enumerate((v0, v1)):
+      _fake_run(root, f"flagfile=mnist1d_{model},learning_rate={lr},seed={seed}",
+                **{"val/accuracy": v, "eval/accuracy": lr + seed / 100})
+  text = report.report(str(path), root)
+  chosen = text.split("Chosen on val/accuracy")[1]
+  assert "| mnist1d_mlp | flagfile=mnist1d_mlp,learning_rate=0.1 | 0.6 | **0.105 ± 0.0071** |" in chosen  # 0.6 > 0.55
+  assert "| mnist1d_cnn | flagfile=mnist1d_cnn,learning_rate=0.1 | 0.9 | **0.105" in chosen  # 0.9 > 0.875
 
 
 def test_report_against_a_summary_key_with_error_fit_targets_and_pareto(tmp_path):

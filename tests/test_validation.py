@@ -116,28 +116,23 @@ def jax_leaves(tree):
   return jax.tree.leaves(tree)
 
 
-def test_early_stopping_stops_at_the_right_evaluation_and_evaluates_the_best_checkpoint(tmp_path, monkeypatch):
-  seen = []
-  _scripted(monkeypatch, seen)
-  summary = train_in_process(*EARLY, "--steps=80", workdir=tmp_path)
-  assert (summary["step"], summary["best_step"], summary["stop_reason"]) == (60, 30, "early_stopping")
-  assert summary["val/loss"] == 3.0 and summary["best_value"] == 3.0
-  assert [s for p, s, _ in seen if p == "val"] == [10, 20, 30, 40, 50, 60]
-  (test_prefix, test_step, test_params), = [x for x in seen if x[0] == "eval"]  # the test split, once
-  best_params = next(w for p, s, w in seen if p == "val" and s == 30)
-  assert test_step == 30
-  np.testing.assert_array_equal(test_params, best_params)  # the best checkpoint's parameters, restored
-  assert sorted(p.name for p in (tmp_path / "checkpoints.best").iterdir()) == ["30"]
-
-
-def test_patience_and_the_best_value_survive_a_resume(tmp_path, monkeypatch):
+def test_early_stopping_stops_at_the_right_evaluation_after_a_resume_and_evaluates_the_best_checkpoint(
+    tmp_path, monkeypatch):
   seen = []
   _scripted(monkeypatch, seen)
   first = train_in_process(*EARLY, "--steps=40", workdir=tmp_path)  # ends with one evaluation since the best
   assert (first["step"], first["best_step"], first["stop_reason"]) == (40, 30, "steps")
-  resumed = train_in_process(*EARLY, "--steps=80", workdir=tmp_path)
-  assert (resumed["step"], resumed["best_step"], resumed["stop_reason"]) == (60, 30, "early_stopping")
+  # Resumed at 40, it counts the evaluation since the best (at 30) again: it stops at 60, as
+  # an uninterrupted run does.
+  summary = train_in_process(*EARLY, "--steps=80", workdir=tmp_path)
+  assert (summary["step"], summary["best_step"], summary["stop_reason"]) == (60, 30, "early_stopping")
+  assert summary["val/loss"] == 3.0 and summary["best_value"] == 3.0
   assert [s for p, s, _ in seen if p == "val"] == [10, 20, 30, 40, 50, 60]
+  tests = [x for x in seen if x[0] == "eval"]
+  assert [s for _, s, _ in tests] == [30, 30]  # the test split, once per run, on the best checkpoint
+  best_params = next(w for p, s, w in seen if p == "val" and s == 30)
+  np.testing.assert_array_equal(tests[-1][2], best_params)  # restored
+  assert sorted(p.name for p in (tmp_path / "checkpoints.best").iterdir()) == ["30"]
 
 
 @pytest.mark.parametrize("args, message", [

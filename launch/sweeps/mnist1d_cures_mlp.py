@@ -1,5 +1,5 @@
 """Overfitting and its cures: the paper's MNIST-1D MLP with each cure alone, at a few
-strengths, and combined (experiments/flags/mnist1d_cures.flags; docs/results.md). The
+strengths, and combined (experiments/flags/mnist1d_validation.flags; docs/results.md). The
 combined variant takes each cure at the strength that was best on validation.
 
     python -m launch.sweep --sweep=launch/sweeps/mnist1d_cures_mlp.py --max_parallel=2
@@ -30,7 +30,7 @@ VARIANTS = {
 
 SWEEP = Sweep(
     base="experiments/flags/mnist1d_mlp.flags",
-    overlay=["experiments/flags/mnist1d_cures.flags"],
+    overlay=["experiments/flags/mnist1d_validation.flags"],
     variants=VARIANTS,
     seeds=(0, 1, 2),
     report=Report(metric="eval/accuracy", percent=True,
