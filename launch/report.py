@@ -290,20 +290,32 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
     front = pareto_front(points, _higher_is_better(metric, error))
     ax.step([p[0] for p in front], [scale * p[1] for p in front], where="post", color="black", linewidth=1.5,
             label="Pareto front (runs)")
+  references = report.references if (metric, error) == (report.metric, report.error) else {}
+  for (label, points), marker in zip(references.items(), "XPD*"):
+    ax.scatter([p[0] for p in points], [scale * p[1] for p in points], marker=marker, s=70, color="black",
+               zorder=3, label=label)
   if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 30:
     ax.set_xscale("log")
   if report.log_y:
     ax.set_yscale("log")
   if not numeric:
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-  ax.set_xlabel(x_key)
+  ax.set_xlabel(report.x_label or x_key)
   ax.set_ylabel(metric_name + (" (%)" if report.percent else ""))
   ax.grid(alpha=0.3, which="both")
-  if len(groups) > 1 or report.fit or pareto:
+  if len(groups) > 1 or report.fit or pareto or references:
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _flags(metric: str, x: str, error: bool | None, pareto: bool | None, out: str) -> str:
+  """The report command's flags that were given."""
+  given = [f"--metric={metric}" if metric else "", f"--x={x}" if x else "",
+           "" if error is None else "--error" if error else "--noerror",
+           "" if pareto is None else "--pareto" if pareto else "--nopareto", f"--out={out}" if out != "report" else ""]
+  return "".join(" " + flag for flag in given if flag)
 
 
 def report(sweep_path: str, root: str = "", metric: str = "", x: str = "", error: bool | None = None,
@@ -312,6 +324,7 @@ def report(sweep_path: str, root: str = "", metric: str = "", x: str = "", error
   name, sweep = load(sweep_path)
   runs = expand(sweep)
   root = os.path.abspath(root or default_root(name))
+  given = _flags(metric, x, error, pareto, out)
   metric = metric or sweep.report.metric
   error = sweep.report.error if error is None else error
   pareto = sweep.report.pareto if pareto is None else pareto
@@ -330,9 +343,7 @@ def report(sweep_path: str, root: str = "", metric: str = "", x: str = "", error
   x_values(table, found, x_key, varied)
   text = markdown(sweep, table, metric_name, varied)
   text += (f"\n{len(found)} of {len(runs)} runs finished. Std: the sample standard deviation over seeds "
-           f"(n - 1). Command: `python -m launch.report --sweep={sweep_path}"
-           f"{f' --x={x}' if x else ''}{' --pareto' if pareto and not sweep.report.pareto else ''}"
-           f"{f' --out={out}' if out != 'report' else ''}`.\n")
+           f"(n - 1). Command: `python -m launch.report --sweep={sweep_path}{given}`.\n")
   text += analyses(sweep, table, found, x_key, lines, metric, error, pareto)
   with open(os.path.join(root, f"{out}.md"), "w", encoding="utf-8") as f:
     f.write(text)

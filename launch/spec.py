@@ -107,6 +107,10 @@ class Report:
   # Per flag file (when they vary), the point with the best mean of this summary key (e.g.
   # "val/accuracy"): the choice made on validation, and its metric (the test figure) beside it.
   choose: str = ""
+  x_label: str = ""  # the plot's x-axis label (default: the x key)
+  # Published figures drawn on the plot: label -> [(x, metric value as reported: 1 - metric
+  # with `error`), ...].
+  references: Mapping[str, Sequence[tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.fit not in ("", "power_law"):
