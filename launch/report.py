@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from launch.spec import Run, Sweep, SweepError, default_root, expand, load, point_name
+from launch.spec import Report, Run, Sweep, SweepError, default_root, expand, load, point_name
 
 flags.DEFINE_string("sweep", None, "The sweep file (launch/sweeps/NAME.py).")
 flags.DEFINE_string("root", "", "Folder of the sweep's runs (default: runs/sweeps/NAME).")
@@ -185,6 +185,22 @@ def _line_key(row: dict[str, Any], lines: Sequence[str]) -> str:
                    for k in lines)
 
 
+def _fits(report: Report, x_key: str, varied: Sequence[str]) -> bool:
+  """Whether to fit: the sweep asks for it, and x is the sweep's own."""
+  return report.fit == "power_law" and x_key == (report.x or (varied[0] if varied else ""))
+
+
+def _fit_points(group: list[dict[str, Any]], report: Report) -> tuple[list[float], list[float]]:
+  low, high = report.fit_range
+  kept = [r for r in group if r["values"] and low <= r["x"] <= high]
+  return [r["x"] for r in kept], [r["mean"] for r in kept]
+
+
+def _varied_flags(table: list[dict[str, Any]]) -> set[str]:
+  """The varied flags (the keys of the rows' points), to tell a flag from a summary key."""
+  return {k for row in table for k in row["runs"][0].point} if table else set()
+
+
 def _higher_is_better(metric: str, error: bool) -> bool:
   return not error and not metric.endswith("loss") and not metric.endswith("error")
 
@@ -202,15 +218,17 @@ def _run_points(table: list[dict[str, Any]], found: dict[str, dict[str, Any]], m
 
 
 def analyses(sweep: Sweep, table: list[dict[str, Any]], found: dict[str, dict[str, Any]], x_key: str,
-             lines: Sequence[str], metric: str, error: bool, pareto: bool) -> str:
+             lines: Sequence[str], varied: Sequence[str], metric: str, error: bool, pareto: bool) -> str:
   """Markdown for the fits and the Pareto front."""
   report, text = sweep.report, ""
   metric_name = f"1 - {metric}" if error else metric
-  if report.fit == "power_law":
+  if _fits(report, x_key, varied):
+    low, high = report.fit_range
+    where = "" if (low, high) == (0.0, math.inf) else f", {low:g} <= {x_key} <= {high:g}"
     text += (f"\nPower law per line, {metric_name} = a * {x_key}^b (least squares on log-log axes, over the "
-             f"points' means):\n\n| line | b | a | {x_key} to reach the target |\n|---|---|---|---|\n")
+             f"points' means{where}):\n\n| line | b | a | {x_key} to reach the target |\n|---|---|---|---|\n")
     for line, group in _groups(table, lines).items():
-      fit = power_law([r["x"] for r in group if r["values"]], [r["mean"] for r in group if r["values"]])
+      fit = power_law(*_fit_points(group, report))
       if fit is None:
         continue
       a, b = fit
@@ -252,7 +270,7 @@ def _groups(table: list[dict[str, Any]], lines: Sequence[str]) -> dict[str, list
 
 
 def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, dict[str, Any]], metric: str,
-         x_key: str, lines: Sequence[str], error: bool, pareto: bool) -> None:
+         x_key: str, lines: Sequence[str], error: bool, pareto: bool, fitting: bool) -> None:
   """The metric (mean, std as error bars) against x; categorical x for non-numbers, log x
   when the values span a factor of 30 or more. Fitted power laws dashed; the Pareto front
   of the runs as a step line over every run's dot."""
@@ -277,11 +295,13 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
       position = [categories.index(os.path.basename(str(row["x"])).removesuffix(".flags")) for row in group]
     means = [scale * row["mean"] for row in group]
     stds = [0.0 if math.isnan(row["std"]) else scale * row["std"] for row in group]
-    line = ax.errorbar(position, means, yerr=stds, marker="o", capsize=4, linestyle="-" if numeric else "none",
+    joined = numeric and x_key in _varied_flags(table)  # along a varied flag; a summary number: dots
+    line = ax.errorbar(position, means, yerr=stds, marker="o", capsize=4, linestyle="-" if joined else "none",
                        label=label or None)
-    fit = power_law(position, [row["mean"] for row in group]) if report.fit == "power_law" and numeric else None
+    fit_x, fit_y = _fit_points(group, report) if fitting and numeric else ([], [])
+    fit = power_law(fit_x, fit_y)
     if fit is not None:
-      grid = [min(position) * (max(position) / min(position)) ** (i / 50) for i in range(51)]
+      grid = [min(fit_x) * (max(fit_x) / min(fit_x)) ** (i / 50) for i in range(51)]
       ax.plot(grid, [scale * fit[0] * g ** fit[1] for g in grid], linestyle="--", color=line[0].get_color(),
               alpha=0.7, label=f"{label}: b = {fit[1]:.3f}" if label else f"b = {fit[1]:.3f}")
   if pareto and numeric:
@@ -290,7 +310,8 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
     front = pareto_front(points, _higher_is_better(metric, error))
     ax.step([p[0] for p in front], [scale * p[1] for p in front], where="post", color="black", linewidth=1.5,
             label="Pareto front (runs)")
-  references = report.references if (metric, error) == (report.metric, report.error) else {}
+  own = x_key == (report.x or x_key) and (metric, error) == (report.metric, report.error)  # the sweep's own axes
+  references = report.references if own else {}
   for (label, points), marker in zip(references.items(), "XPD*"):
     ax.scatter([p[0] for p in points], [scale * p[1] for p in points], marker=marker, s=70, color="black",
                zorder=3, label=label)
@@ -300,7 +321,7 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
     ax.set_yscale("log")
   if not numeric:
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-  ax.set_xlabel(report.x_label or x_key)
+  ax.set_xlabel(report.x_label if report.x_label and x_key == (report.x or x_key) else x_key)
   ax.set_ylabel(metric_name + (" (%)" if report.percent else ""))
   ax.grid(alpha=0.3, which="both")
   if len(groups) > 1 or report.fit or pareto or references:
@@ -344,11 +365,12 @@ def report(sweep_path: str, root: str = "", metric: str = "", x: str = "", error
   text = markdown(sweep, table, metric_name, varied)
   text += (f"\n{len(found)} of {len(runs)} runs finished. Std: the sample standard deviation over seeds "
            f"(n - 1). Command: `python -m launch.report --sweep={sweep_path}{given}`.\n")
-  text += analyses(sweep, table, found, x_key, lines, metric, error, pareto)
+  text += analyses(sweep, table, found, x_key, lines, varied, metric, error, pareto)
   with open(os.path.join(root, f"{out}.md"), "w", encoding="utf-8") as f:
     f.write(text)
   write_csv(os.path.join(root, f"{out}.csv"), table, varied, list(sweep.report.extra))
-  plot(os.path.join(root, f"{out}.png"), sweep, table, found, metric, x_key, lines, error, pareto)
+  plot(os.path.join(root, f"{out}.png"), sweep, table, found, metric, x_key, lines, error, pareto,
+       _fits(sweep.report, x_key, varied))
   return text
 
 

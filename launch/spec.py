@@ -101,7 +101,8 @@ class Report:
   lines: Sequence[str] = ()
   error: bool = False  # show 1 - metric (an error rate from an accuracy)
   log_y: bool = False
-  fit: str = ""  # "power_law": per line, metric = a * x^b fitted on log-log axes
+  fit: str = ""  # "power_law": per line, metric = a * x^b fitted on log-log axes (against the sweep's x)
+  fit_range: tuple[float, float] = (0.0, math.inf)  # the x values the fit uses (inclusive)
   targets: Mapping[Any, float] = dataclasses.field(default_factory=dict)  # line value -> the metric to reach
   pareto: bool = False  # mark the runs no other run beats in both x (lower) and the metric
   # Per flag file (when they vary), the point with the best mean of this summary key (e.g.
