@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from launch.spec import Report, Run, Sweep, SweepError, default_root, expand, load, point_name
+from launch.spec import Report, Run, Sweep, SweepError, default_root, expand, format_value, load, point_name
 
 flags.DEFINE_string("sweep", None, "The sweep file (launch/sweeps/NAME.py).")
 flags.DEFINE_string("root", "", "Folder of the sweep's runs (default: runs/sweeps/NAME).")
@@ -250,7 +250,8 @@ def analyses(sweep: Sweep, table: list[dict[str, Any]], found: dict[str, dict[st
         continue
       row = (max if higher else min)(scored, key=lambda r: _choice_value(r, found, report.choose))
       std = "" if math.isnan(row["std"]) else f" ± {_fmt(row['std'], report.percent, 2)}"
-      text += (f"| {line or 'all'} | {row['point']} | {_fmt(_choice_value(row, found, report.choose), report.percent)}"
+      chosen = ", ".join(f"{k}={format_value(v)}" for k, v in row["runs"][0].point.items() if k != "flagfile")
+      text += (f"| {line or 'all'} | {chosen} | {_fmt(_choice_value(row, found, report.choose), report.percent)}"
                f" | **{_fmt(row['mean'], report.percent)}{std}** |\n")
   if pareto:
     higher = _higher_is_better(metric, error)
@@ -281,11 +282,11 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
   report = sweep.report
   scale = 100.0 if report.percent else 1.0
   metric_name = f"1 - {metric}" if error else metric
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
   groups = _groups(table, lines)
   xs = [row["x"] for row in table if row["values"]]
   numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x) for x in xs)
   categories = list(dict.fromkeys(os.path.basename(str(x)).removesuffix(".flags") for x in xs))
+  fig, ax = plt.subplots(figsize=(6.4, 4.0) if numeric or len(categories) <= 8 else (0.5 * len(categories) + 2, 5.5))
   for label, group in groups.items():
     group = [row for row in group if row["values"]]
     if numeric:
@@ -295,6 +296,10 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
       position = [categories.index(os.path.basename(str(row["x"])).removesuffix(".flags")) for row in group]
     means = [scale * row["mean"] for row in group]
     stds = [0.0 if math.isnan(row["std"]) else scale * row["std"] for row in group]
+    if report.choose and not error:  # what the choice was made on, beside the metric
+      ax.scatter(position, [scale * _choice_value(row, found, report.choose) for row in group], marker="o",
+                 facecolors="none", edgecolors="grey", s=40, zorder=3,
+                 label=f"{report.choose} (mean)" if label == next(iter(groups)) else None)
     joined = numeric and x_key in _varied_flags(table)  # along a varied flag; a summary number: dots
     line = ax.errorbar(position, means, yerr=stds, marker="o", capsize=4, linestyle="-" if joined else "none",
                        label=label or None)
@@ -324,7 +329,7 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
   ax.set_xlabel(report.x_label if report.x_label and x_key == (report.x or x_key) else x_key)
   ax.set_ylabel(metric_name + (" (%)" if report.percent else ""))
   ax.grid(alpha=0.3, which="both")
-  if len(groups) > 1 or report.fit or pareto or references:
+  if len(groups) > 1 or report.fit or pareto or references or report.choose:
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

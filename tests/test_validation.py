@@ -2,6 +2,8 @@
 --train_examples, label noise, the best checkpoint and early stopping, and the compute a
 run reports."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,18 @@ def test_eval_train_reports_the_training_examples_after_the_test(tmp_path, monke
 def test_bad_label_noise_is_one_line(args, message, tmp_path):
   with pytest.raises(ConfigError, match=message):
     train_in_process(*(["--model=mlp"] if "--model=gpt" not in args else []), *args, workdir=tmp_path)
+
+
+def test_curves_draw_train_validation_and_the_test_point(tmp_path):
+  from experiments import curves  # pylint: disable=import-outside-toplevel
+  run = tmp_path / "run"
+  run.mkdir()
+  rows = [{"step": 10, "val/accuracy": 0.5}, {"step": 20, "train/accuracy": 0.9, "train/loss": 0.1},
+          {"step": 20, "val/accuracy": 0.6, "eval/accuracy": 0.55}]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert curves.read(str(run), "accuracy") == {"val": ([10, 20], [0.5, 0.6]), "train": ([20], [0.9]),
+                                               "eval": ([20], [0.55])}
+  curves.plot([str(run), str(run)], "accuracy", str(tmp_path / "c.png"))
+  assert (tmp_path / "c.png").stat().st_size > 1000
+  with pytest.raises(ConfigError, match="has no train/f1, val/f1 or eval/f1"):
+    curves.read(str(run), "f1")

@@ -40,7 +40,7 @@ SWEEP = Sweep(
     overlay=["experiments/flags/mnist1d_validation.flags"],
     variants=VARIANTS,
     seeds=(0, 1, 2),
-    report=Report(metric="eval/accuracy", percent=True,
+    report=Report(metric="eval/accuracy", percent=True, choose="val/accuracy",
                   extra={"val/accuracy": "validation", "train/accuracy": "train",
                          "train/accuracy - eval/accuracy": "train - test", "step": "steps"}),
 )
