@@ -36,6 +36,8 @@ SMALLER = {
     # The published MNIST-1D set: the larger generated ones take seconds to minutes to make.
     "mnist1d_double_descent.flags": ["--dataset=mnist1d"],
     "mnist1d_learning_curve.flags": ["--dataset=mnist1d", "--train_examples=1000", "--eval_every=1"],
+    "mnist1d_mlp_cured.flags": ["--eval_every=1"],  # early stopping evaluates
+    "mnist1d_cnn_cured.flags": ["--eval_every=1"],
 }
 # Experiment set-ups read after a model's flag file (a sweep's overlay): run with one.
 OVERLAYS = {"mnist1d_validation.flags": "mnist1d_mlp.flags", "mnist1d_learning_curve.flags": "mnist1d_cnn.flags"}
