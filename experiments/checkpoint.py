@@ -12,6 +12,7 @@ Paths go through `etils.epath`, so the folder may be on cloud storage (`gs://...
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -219,6 +220,9 @@ class Best:
       self.step, self.value, self.metrics = step, float(record["value"]), dict(record["metrics"])
 
   def better(self, value: float) -> bool:
+    """Whether `value` beats the best so far (a NaN or infinity never does)."""
+    if not math.isfinite(value):
+      return False
     return self.value is None or (value < self.value if self.mode == "min" else value > self.value)
 
   def save(self, step: int, state: Any, metrics: dict[str, float]) -> None:

@@ -221,7 +221,7 @@ class Config:
   early_stopping_patience: int = _loop(0, "Stop after this many evaluations without a better --best_metric "
                                        "(0: never). Needs --validation_fraction and --eval_every.", lower=0)
   eval_train: bool = _loop(False, "Also evaluate the final (or best) parameters on the training examples, with the "
-                          "labels trained on: train/ metrics in summary.json, for the train-test gap.")
+                          "labels trained on: fit/ metrics in summary.json, for the train-test gap.")
   seed: int = _loop(0, "Seed of parameter initialisation, dropout and data order.")
   dtype: str = _precision("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
                           "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
@@ -264,6 +264,9 @@ class Config:
     if (self.validation_fraction or self.train_examples) and "[" in self.train_split:
       raise ConfigError(f"--train_split={self.train_split} is already a slice: --validation_fraction and "
                         "--train_examples slice the whole split")
+    if self.best_metric.split("/")[0] in ("val", "eval", "train", "fit") and "/" in self.best_metric:
+      raise ConfigError(f"--best_metric={self.best_metric}: name the metric without its split (e.g. "
+                        f"--best_metric={self.best_metric.split('/', 1)[1]}: the validation split's is watched)")
     if self.watched_metric and not self.validation_fraction:
       what = "--early_stopping_patience" if self.early_stopping_patience else "--best_metric"
       raise ConfigError(f"{what} needs a validation split (--validation_fraction): choices are made on validation "

@@ -5,7 +5,7 @@
 Each panel shows a metric (`accuracy`, `loss`, ...) three ways: on the training batches at
 each logged step (`train/`), on the validation split at each evaluation (`val/`), and on
 the test split (`eval/`; with a validation split it is read once, at the end: a point).
-The last `train/` value of a run with `--eval_train` is over all of its training examples.
+With `--eval_train`, `fit/` (all the examples trained on, at the end) is drawn as a point.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from experiments import cli
 from experiments.config import ConfigError
 
 FLAGS = flags.FLAGS
-SPLITS = (("train", "training batches", "-"), ("val", "validation", "-"), ("eval", "test", "--"))
+SPLITS = (("train", "training batches", "-"), ("val", "validation", "-"), ("eval", "test", "--"),
+          ("fit", "all examples trained on", ":"))
 
 
 def define_flags() -> None:
@@ -44,7 +45,7 @@ def read(workdir: str, metric: str) -> dict[str, tuple[list[int], list[float]]]:
           steps.append(row["step"])
           values.append(row[f"{split}/{metric}"])
   if not curves:
-    raise ConfigError(f"--metric={metric}: {path} has no train/{metric}, val/{metric} or eval/{metric}")
+    raise ConfigError(f"--metric={metric}: {path} has no train/{metric}, val/{metric}, eval/{metric} or fit/{metric}")
   return curves
 
 

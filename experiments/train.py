@@ -386,12 +386,13 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   def final_eval(step: int) -> dict[str, float]:
     """The best checkpoint's validation metrics (from when it was saved) or the last state's,
     then the test split (read here only, when validating) and the training examples."""
-    final_state = best.restore(state) if best is not None else state
-    metrics = best.metrics if best is not None else run_eval(step, final_batches)
+    chosen = best is not None and best.step is not None  # (a finished run resumed with a new metric has none)
+    final_state = best.restore(state) if chosen else state
+    metrics = best.metrics if chosen else run_eval(step, final_batches)
     if validating:
       metrics = {**metrics, **once(final_state, host_eval_batches, "eval")}
     if config.eval_train:
-      metrics = {**metrics, **once(final_state, data.EvalBatches(config, source.builder, config.fit_split), "train")}
+      metrics = {**metrics, **once(final_state, data.EvalBatches(config, source.builder, config.fit_split), "fit")}
     return metrics
 
   def watch(step: int, metrics: dict[str, float]) -> bool:
@@ -424,8 +425,10 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
         step = span.end
         done, stop = step == config.steps, signals.received
         should_log = step % config.log_every == 0 or done
-        # (the evaluation after the last step is below; with a best checkpoint, the last step competes too)
-        should_eval = (config.eval_every and step % config.eval_every == 0) and (not done or best is not None)
+        # (the evaluation after the last step is below; with a best checkpoint, the last step
+        # competes too, whether or not it is a multiple of --eval_every)
+        should_eval = bool(config.eval_every) and (
+            (step % config.eval_every == 0 and not done) or (done and best is not None))
         should_save = (config.checkpoint_every and step % config.checkpoint_every == 0) or done or stop
         if should_log or should_save:  # log
           means = pending.fetch(step, kept)
@@ -465,7 +468,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     final = final_eval(step)
     final_eval_s, checkpoint_wait_s = time.perf_counter() - eval_start, eval_start - waited
     logged = final
-    if best is not None:  # its validation metrics are logged at its step already
+    if best is not None and best.step is not None:  # its validation metrics are logged at its step already
       logged = {k: v for k, v in final.items() if not k.startswith("val/")}
       log.info(f"The best checkpoint (step {best.step}, {best.metric} {logs.fmt_value(best.value)}) on "
                f"--eval_split={config.eval_split}:")

@@ -185,6 +185,12 @@ def _line_key(row: dict[str, Any], lines: Sequence[str]) -> str:
                    for k in lines)
 
 
+def _is_own_x(report: Report, x_key: str, table: list[dict[str, Any]]) -> bool:
+  """Whether x is the sweep's own (its report's x, or else its first varied flag)."""
+  first = next(iter(table[0]["runs"][0].point), "") if table else ""
+  return x_key == (report.x or first)
+
+
 def _fits(report: Report, x_key: str, varied: Sequence[str]) -> bool:
   """Whether to fit: the sweep asks for it, and x is the sweep's own."""
   return report.fit == "power_law" and x_key == (report.x or (varied[0] if varied else ""))
@@ -202,7 +208,9 @@ def _varied_flags(table: list[dict[str, Any]]) -> set[str]:
 
 
 def _higher_is_better(metric: str, error: bool) -> bool:
-  return not error and not metric.endswith("loss") and not metric.endswith("error")
+  """Accuracy-like metrics are better higher (the rule of --best_mode=auto); losses, error
+  rates and the rest lower."""
+  return not error and any(w in metric for w in ("accuracy", "acc", "exact", "bleu"))
 
 
 def _choice_value(row: dict[str, Any], found: dict[str, dict[str, Any]], key: str) -> float:
@@ -315,7 +323,7 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
     front = pareto_front(points, _higher_is_better(metric, error))
     ax.step([p[0] for p in front], [scale * p[1] for p in front], where="post", color="black", linewidth=1.5,
             label="Pareto front (runs)")
-  own = x_key == (report.x or x_key) and (metric, error) == (report.metric, report.error)  # the sweep's own axes
+  own = _is_own_x(report, x_key, table) and (metric, error) == (report.metric, report.error)  # the sweep's axes
   references = report.references if own else {}
   for (label, points), marker in zip(references.items(), "XPD*"):
     ax.scatter([p[0] for p in points], [scale * p[1] for p in points], marker=marker, s=70, color="black",
@@ -326,7 +334,7 @@ def plot(path: str, sweep: Sweep, table: list[dict[str, Any]], found: dict[str, 
     ax.set_yscale("log")
   if not numeric:
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-  ax.set_xlabel(report.x_label if report.x_label and x_key == (report.x or x_key) else x_key)
+  ax.set_xlabel(report.x_label if report.x_label and _is_own_x(report, x_key, table) else x_key)
   ax.set_ylabel(metric_name + (" (%)" if report.percent else ""))
   ax.grid(alpha=0.3, which="both")
   if len(groups) > 1 or report.fit or pareto or references or report.choose:

@@ -114,6 +114,8 @@ class Report:
   references: Mapping[str, Sequence[tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    if self.choose and not self.choose.startswith("val/"):
+      raise SweepError(f"Report(choose={self.choose!r}): choices are made on validation metrics (val/...)")
     if self.fit not in ("", "power_law"):
       raise SweepError(f"Report(fit={self.fit!r}): the fits are power_law")
 

@@ -73,7 +73,8 @@ def prepare(name: str, root: str, runs: list[Run]) -> list[backends.Planned]:
     with open(os.path.join(workdir, "sweep.flags"), "w", encoding="utf-8") as f:
       f.write(resolved_flagfile(run))
     planned.append(backends.Planned(run, workdir))
-  manifest = {"sweep": name, "runs": [{"name": r.name, "base": r.base, "point": dict(r.point), "seed": r.seed,
+  manifest = {"sweep": name, "runs": [{"name": r.name, "base": r.base, "overlays": list(r.overlays),
+                                       "variant": dict(r.variant), "point": dict(r.point), "seed": r.seed,
                                        "flags": dict(r.flags)} for r in runs]}
   with open(os.path.join(root, "manifest.json"), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1)

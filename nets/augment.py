@@ -19,7 +19,6 @@ Batch = dict[str, jax.Array]
 
 SIGNAL = ("shift", "scale", "noise", "stretch")
 IMAGE = ("crop_padding", "flip")
-ANY = ("mixup", "cutmix")
 
 
 def shift(key: jax.Array, x: jax.Array, max_shift: int, circular: bool = True) -> jax.Array:

@@ -147,13 +147,13 @@ def test_report_against_a_summary_key_with_error_fit_targets_and_pareto(tmp_path
       SWEEP = Sweep(base=[F + "mnist1d_mlp.flags", F + "mnist1d_cnn.flags"], grid={"train_examples": [100, 1000, 10000]},
                     report=Report(metric="eval/accuracy", percent=True, error=True, x="train_examples",
                                   fit="power_law", targets={F + "mnist1d_cnn.flags": 0.9},
-                                  extra={"train/accuracy - eval/accuracy": "gap"}))
+                                  extra={"fit/accuracy - eval/accuracy": "gap"}))
   """))
   root = str(tmp_path / "runs")
   for model, a in (("mlp", 0.8), ("cnn", 0.4)):
     for n in (100, 1000, 10000):
       _fake_run(root, f"flagfile=mnist1d_{model},train_examples={n},seed=0",
-                **{"eval/accuracy": 1 - a * n ** -0.25, "train/accuracy": 1.0, "train_flops": n * (10 if model == "mlp"
+                **{"eval/accuracy": 1 - a * n ** -0.25, "fit/accuracy": 1.0, "train_flops": n * (10 if model == "mlp"
                                                                                                  else 30)})
   text = report.report(str(path), root)
   assert "1 - eval/accuracy: mean" in text
@@ -166,6 +166,8 @@ def test_report_against_a_summary_key_with_error_fit_targets_and_pareto(tmp_path
   assert front == [f"flagfile=mnist1d_{m},train_examples={n},seed=0"
                    for m, n in (("mlp", 100), ("cnn", 100), ("cnn", 1000), ("cnn", 10000))]
   assert os.path.getsize(os.path.join(root, "compute.png")) > 1000 and os.path.exists(os.path.join(root, "report.png"))
+  with pytest.raises(SweepError, match="choices are made on validation metrics"):
+    Report(choose="eval/accuracy")
   with pytest.raises(SweepError, match="--x=nope: neither a varied flag"):
     report.report(str(path), root, x="nope")
 

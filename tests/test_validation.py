@@ -143,10 +143,19 @@ def test_early_stopping_stops_at_the_right_evaluation_after_a_resume_and_evaluat
     (["--early_stopping_patience=3", "--validation_fraction=0.1", "--eval_every=0"],
      r"^--early_stopping_patience and --best_metric need evaluations during training \(--eval_every\)$"),
     (["--ema_decay=1.0"], r"^--ema_decay=1.0 must be below 1 \(0: off\)$"),
+    (["--best_metric=val/accuracy", "--validation_fraction=0.1"],
+     r"^--best_metric=val/accuracy: name the metric without its split \(e.g. --best_metric=accuracy"),
 ])
 def test_early_stopping_without_validation_and_bad_averages_are_one_line(args, message):
   with pytest.raises(ConfigError, match=message):
     _config("--model=mlp", *args)
+
+
+def test_a_nan_is_never_the_best_value(tmp_path):
+  from experiments import checkpoint  # pylint: disable=import-outside-toplevel
+  best = checkpoint.Best(tmp_path / "best", "val/loss", "min")
+  assert not best.better(float("nan")) and not best.better(float("inf")) and best.better(3.0)
+  best.close()
 
 
 def test_label_noise_replaces_the_stated_fraction_the_same_in_every_feed(tfds_dir):
@@ -180,8 +189,8 @@ def test_eval_train_reports_the_training_examples_after_the_test(tmp_path, monke
   summary = train_in_process(*RUN, "--steps=20", "--eval_every=0", "--validation_fraction=0.1", "--label_noise=0.5",
                              "--eval_train", workdir=tmp_path)
   assert reads == ["train[90%:]", "test", "train[:90%]"]
-  assert {k.split("/")[0] for k in summary if "/" in k} == {"val", "eval", "train"}
-  assert 0 <= summary["train/accuracy"] <= 1 and summary["train/accuracy"] != summary["eval/accuracy"]
+  assert {k.split("/")[0] for k in summary if "/" in k} == {"val", "eval", "fit"}
+  assert 0 <= summary["fit/accuracy"] <= 1 and summary["fit/accuracy"] != summary["eval/accuracy"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -205,5 +214,5 @@ def test_curves_draw_train_validation_and_the_test_point(tmp_path):
                                                "eval": ([20], [0.55])}
   curves.plot([str(run), str(run)], "accuracy", str(tmp_path / "c.png"))
   assert (tmp_path / "c.png").stat().st_size > 1000
-  with pytest.raises(ConfigError, match="has no train/f1, val/f1 or eval/f1"):
+  with pytest.raises(ConfigError, match="has no train/f1, val/f1, eval/f1 or fit/f1"):
     curves.read(str(run), "f1")

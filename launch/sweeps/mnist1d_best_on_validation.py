@@ -20,5 +20,5 @@ SWEEP = Sweep(
     flags={"eval_every": 1000},
     report=Report(metric="eval/accuracy", percent=True, x="learning_rate", lines=("flagfile", "weight_decay"),
                   choose="val/accuracy",
-                  extra={"val/accuracy": "validation", "train/accuracy - eval/accuracy": "train - test"}),
+                  extra={"val/accuracy": "validation", "fit/accuracy - eval/accuracy": "train - test"}),
 )

@@ -41,6 +41,6 @@ SWEEP = Sweep(
     variants=VARIANTS,
     seeds=(0, 1, 2),
     report=Report(metric="eval/accuracy", percent=True, choose="val/accuracy",
-                  extra={"val/accuracy": "validation", "train/accuracy": "train",
-                         "train/accuracy - eval/accuracy": "train - test", "step": "steps"}),
+                  extra={"val/accuracy": "validation", "fit/accuracy": "train",
+                         "fit/accuracy - eval/accuracy": "train - test", "step": "steps"}),
 )

@@ -33,6 +33,6 @@ SWEEP = Sweep(
                   # The MNIST-1D repository's pooling notebook: a max-pool CNN at 78.2% with
                   # 1,000 training examples, 98.1% with 50,000 (../shared/ANCHORS.md).
                   references={"max-pool CNN, pooling notebook": [(1000, 1 - 0.782), (50_000, 1 - 0.981)]},
-                  extra={"best_step": "best step", "train/accuracy": "train accuracy", "train_flops": "train FLOPs",
+                  extra={"best_step": "best step", "fit/accuracy": "train accuracy", "train_flops": "train FLOPs",
                          "wall_time_s": "run time (s)"}),
 )

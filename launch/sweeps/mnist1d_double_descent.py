@@ -3,7 +3,7 @@ and without (experiments/flags/mnist1d_double_descent.flags; docs/results.md).
 
     python -m launch.sweep --sweep=launch/sweeps/mnist1d_double_descent.py --max_parallel=2
     python -m launch.report --sweep=launch/sweeps/mnist1d_double_descent.py
-    python -m launch.report --sweep=launch/sweeps/mnist1d_double_descent.py --metric=train/accuracy --out=train
+    python -m launch.report --sweep=launch/sweeps/mnist1d_double_descent.py --metric=fit/accuracy --error --out=train
 """
 
 from launch.spec import Report, Sweep
@@ -19,6 +19,6 @@ SWEEP = Sweep(
                   # The MNIST-1D repository's notebook (15% label noise): a peak of about 54% near
                   # widths 47-61, about 45.5% at width 300 (../shared/ANCHORS.md).
                   references={"notebook, 15% noise": [(47, 0.54), (61, 0.54), (300, 0.455)]},
-                  extra={"train/accuracy": "train accuracy", "num_params": "parameters",
+                  extra={"fit/accuracy": "train accuracy", "num_params": "parameters",
                          "wall_time_s": "run time (s)"}),
 )
