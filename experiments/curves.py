@@ -64,6 +64,7 @@ def plot(workdirs: list[str], metric: str, out: str, titles: list[str] | None = 
         ax.plot(steps, values, style, marker="o" if len(steps) == 1 else None, label=label)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step")
+    ax.locator_params(axis="x", nbins=6)
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel(metric)
   axes[0][-1].legend(fontsize=8)
