@@ -6,27 +6,11 @@ combined variant takes each cure at the strength that was best on validation.
     python -m launch.report --sweep=launch/sweeps/mnist1d_cures_mlp.py
 """
 
+from launch import cures
+from launch.cures import EARLY_STOPPING
 from launch.spec import Report, Sweep
 
-EARLY_STOPPING = {"best_metric": "accuracy", "early_stopping_patience": 8}
-VARIANTS = {
-    "none": {},
-    "dropout 0.1": {"mlp.dropout": 0.1},
-    "dropout 0.3": {"mlp.dropout": 0.3},
-    "dropout 0.5": {"mlp.dropout": 0.5},
-    "weight decay 0.01": {"optimizer": "adamw", "weight_decay": 0.01},
-    "weight decay 0.1": {"optimizer": "adamw", "weight_decay": 0.1},
-    "weight decay 0.5": {"optimizer": "adamw", "weight_decay": 0.5},
-    "augment shift": {"augment.shift": 5, "augment.shift_circular": False},
-    "augment shift+scale+noise": {"augment.shift": 5, "augment.shift_circular": False, "augment.scale": 0.2,
-                                  "augment.noise": 0.05},
-    "augment mixup": {"augment.mixup": 0.2},
-    "early stopping": EARLY_STOPPING,
-    "EMA 0.99": {"ema_decay": 0.99},
-    "EMA 0.999": {"ema_decay": 0.999},
-    "label smoothing 0.1": {"classification.label_smoothing": 0.1},
-    "label smoothing 0.2": {"classification.label_smoothing": 0.2},
-}
+VARIANTS = cures.alone("mlp")
 # Combined: each cure that beat "none" on mean validation accuracy alone, at its best strength
 # there (weight decay 0.1, the shift, early stopping; not dropout, EMA, label smoothing or
 # mixup), and the same with a budget of 20,000 steps that early stopping cuts short.
