@@ -65,3 +65,16 @@ def train_in_process(*args: str, workdir: str) -> dict:
     return train.train_and_evaluate(config_lib.from_flags(values), str(workdir))
   finally:
     os.chdir(cwd)
+
+
+# The longest tests (30-100 s each on 2 cores) start first, so that with `-n 2` neither
+# worker is left running one of them alone at the end.
+LONGEST_FIRST = ("test_parallel.py::", "test_multihost.py::test_processes_meshes_and_checkpoints_agree",
+                 "test_language_modelling.py::test_gpt_run_writes_samples", "test_resume.py::test_killed",
+                 "test_generative_spine.py::test_sample_quality", "test_generative_spine.py::test_each_player")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    return next((i for i, name in enumerate(LONGEST_FIRST) if name in item.nodeid), len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: the rest keep their order

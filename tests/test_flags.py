@@ -11,6 +11,9 @@ from conftest import FLAGS_DIR, ROOT, run_cli, train_in_process
 from experiments import config as config_lib
 
 FLAG_FILES = sorted(glob.glob(os.path.join(FLAGS_DIR, "*.flags")))
+# Set-ups that model files include (no model of their own): they run inside those files.
+BASES = ("mnist1d_paper.flags", "mnist1d_best.flags", "mnist1d_validation.flags")
+RUNNABLE = [path for path in FLAG_FILES if os.path.basename(path) not in BASES]
 # --shuffle_buffer: a streamed, shuffled split fills its buffer before the first batch (50,000
 # 2D points: 3 s); the files' shuffling stays on.
 TINY = ["--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0", "--checkpoint_every=0",
@@ -39,8 +42,8 @@ SMALLER = {
     "mnist1d_mlp_cured.flags": ["--eval_every=1"],  # early stopping evaluates
     "mnist1d_cnn_cured.flags": ["--eval_every=1"],
 }
-# Experiment set-ups read after a model's flag file (a sweep's overlay): run with one.
-OVERLAYS = {"mnist1d_validation.flags": "mnist1d_mlp.flags", "mnist1d_learning_curve.flags": "mnist1d_cnn.flags"}
+# An experiment's set-up read after a model's flag file (a sweep's overlay): run with one.
+OVERLAYS = {"mnist1d_learning_curve.flags": "mnist1d_cnn.flags"}
 
 
 def parse(*args: str) -> config_lib.Config:
@@ -69,7 +72,13 @@ def test_resolved_flagfile_reproduces_the_config(tmp_path):
   assert parse(f"--flagfile={path}") == config
 
 
-@pytest.mark.parametrize("path", FLAG_FILES, ids=os.path.basename)
+def test_base_flag_files_are_included_by_model_files():
+  included = {os.path.basename(line.split("=", 1)[1].strip()) for path in RUNNABLE
+              for line in open(path, encoding="utf-8") if line.startswith("--flagfile=")}
+  assert set(BASES) <= included
+
+
+@pytest.mark.parametrize("path", RUNNABLE, ids=os.path.basename)
 def test_every_flag_file_runs_two_steps(path, tmp_path):
   from experiments import train
   name = os.path.basename(path)
