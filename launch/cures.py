@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from launch.spec import Report
+
 EARLY_STOPPING = {"best_metric": "accuracy", "early_stopping_patience": 8}
 
 
@@ -22,3 +24,9 @@ def alone(model: str) -> dict[str, dict[str, Any]]:
       **{f"EMA {decay}": {"ema_decay": decay} for decay in (0.99, 0.999)},
       **{f"label smoothing {s}": {"classification.label_smoothing": s} for s in (0.1, 0.2)},
   }
+
+
+# Test accuracy per variant, beside the validation it was chosen on and the train - test gap.
+REPORT = Report(metric="eval/accuracy", percent=True, choose="val/accuracy",
+                extra={"val/accuracy": "validation", "fit/accuracy": "train",
+                       "fit/accuracy - eval/accuracy": "train - test", "step": "steps"})

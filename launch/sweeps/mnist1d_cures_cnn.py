@@ -8,7 +8,7 @@ combined variant takes each cure at the strength that was best on validation.
 
 from launch import cures
 from launch.cures import EARLY_STOPPING
-from launch.spec import Report, Sweep
+from launch.spec import Sweep
 
 VARIANTS = cures.alone("cnn")
 # Combined: each cure that beat "none" on mean validation accuracy alone, at its best strength
@@ -24,7 +24,5 @@ SWEEP = Sweep(
     overlay=["experiments/flags/mnist1d_validation.flags"],
     variants=VARIANTS,
     seeds=(0, 1, 2),
-    report=Report(metric="eval/accuracy", percent=True, choose="val/accuracy",
-                  extra={"val/accuracy": "validation", "fit/accuracy": "train",
-                         "fit/accuracy - eval/accuracy": "train - test", "step": "steps"}),
+    report=cures.REPORT,
 )
