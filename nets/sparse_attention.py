@@ -92,11 +92,13 @@ def _joint_softmax(*logits: jax.Array) -> list[jax.Array]:
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
                     bias: jax.Array | None = None, dropout: float = 0.0,
-                    dropout_rng: jax.Array | None = None) -> jax.Array:
+                    dropout_rng: jax.Array | None = None, return_weights: bool = False):
   """Attention with any mask; `mask` and `bias` broadcast to [batch, heads, q_len, k_len].
 
   `mask` is True where a query may attend a key; queries with no such key give zeros.
   `dropout` > 0 drops attention weights (drawn from `dropout_rng`), as in training.
+  With `return_weights`, returns (output, the softmax weights [batch, heads, q_len, k_len]
+  before dropout).
   """
   # Heads next to the batch, [batch, heads, length, head_dim], so that both products are
   # batched matmuls over leading dimensions (XLA's CPU backend runs the [batch, length, heads,
@@ -107,7 +109,7 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
     logits = logits + bias
   if mask is not None:
     logits = jnp.where(mask, logits, _MASKED)
-  weights = jax.nn.softmax(logits)
+  weights = probs = jax.nn.softmax(logits)
   if dropout:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout), 0.0)
@@ -115,7 +117,9 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
   if mask is not None:  # a query with no key gets zeros, not the mean of every value
     has_key = jnp.broadcast_to(jnp.any(mask, axis=-1), logits.shape[:-1])  # [batch, heads, q_len]
     out = jnp.where(has_key[..., None], out, 0)
-  return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+    probs = jnp.where(has_key[..., None], probs, 0)
+  out = jnp.swapaxes(out, 1, 2).astype(q.dtype)
+  return (out, probs) if return_weights else out
 
 
 def _blocks(x: jax.Array, block: int) -> jax.Array:

@@ -47,7 +47,9 @@ class MultiHeadAttention(nn.Module):
   Causal self-attention follows `pattern` ("dense", "strided", "fixed"); sparse patterns
   are computed blocked (cost ~ n sqrt(n)) or as a masked dense product (`sparse_impl`).
   With `decode=True` (causal self-attention only) keys and values are cached for
-  `max_len` positions and each call appends its tokens.
+  `max_len` positions and each call appends its tokens. Attention computed densely (dense
+  or masked sparse patterns, cross-attention) sows its weights [batch, heads, queries, keys]
+  as "attention_weights" in the "intermediates" collection (`nets.attribution.attention_maps`).
   """
 
   num_heads: int
@@ -87,7 +89,7 @@ class MultiHeadAttention(nn.Module):
       out = self._cached(q, k, v)
     elif self.kernel == "cudnn" and not self.is_initializing():  # (init may run in float32: same shapes)
       out = _cudnn_causal(q, k, v)
-    elif self.causal and context is None and self.pattern != "dense" and not rate:
+    elif self.causal and context is None and self.pattern != "dense" and self.sparse_impl == "blocked" and not rate:
       pad = (-x.shape[1]) % self.sparse_block  # blocked attention runs on whole blocks
       q, k, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v))
       out = sparse_attention.attention(q, k, v, self.pattern, impl=self.sparse_impl, **self._sparse())
@@ -97,8 +99,11 @@ class MultiHeadAttention(nn.Module):
         pos = jnp.arange(x.shape[1])
         causal = sparse_attention.allowed(self.pattern, pos[:, None], pos[None, :], **self._sparse())
         mask = causal if mask is None else jnp.logical_and(mask, causal)
-      out = sparse_attention.dense_attention(q, k, v, mask, dropout=rate,
-                                            dropout_rng=self.make_rng("dropout") if rate else None)
+      out, weights = sparse_attention.dense_attention(q, k, v, mask, dropout=rate, return_weights=True,
+                                                     dropout_rng=self.make_rng("dropout") if rate else None)
+      # Read by nets.attribution.attention_maps (apply with mutable=["intermediates"]); a
+      # no-op otherwise, and XLA drops the unused weights.
+      self.sow("intermediates", "attention_weights", weights)
     return _dense(embed, self.use_bias, "out", std=self.out_std, axis=(-2, -1))(out)
 
   def _cached(self, q: Array, k: Array, v: Array) -> Array:
