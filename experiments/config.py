@@ -171,7 +171,8 @@ class Config:
                                      "examples) out as a validation split: the evaluations during training use it, "
                                      "and --eval_split is evaluated once, at the end (0: none).", lower=0.0)
   label_noise: float = _data(0.0, "Replace this fraction of the training labels (exactly that many, chosen by "
-                             "--seed) with uniformly random classes; validation and test untouched (0: none).",
+                             "--seed) with uniformly random classes; validation and test untouched (0: none; 1: every "
+                             "label random, as in the label-randomisation sanity check).",
                              lower=0.0)
   train_examples: int = _data(0, "Train on the first this many examples of --train_split, before the validation "
                               "split (0: all of them).", lower=0)
@@ -273,8 +274,8 @@ class Config:
                         "data, never the test split")
     if self.watched_metric and not self.eval_every:
       raise ConfigError("--early_stopping_patience and --best_metric need evaluations during training (--eval_every)")
-    if self.label_noise >= 1:
-      raise ConfigError(f"--label_noise={self.label_noise} must be below 1 (0: none)")
+    if self.label_noise > 1:
+      raise ConfigError(f"--label_noise={self.label_noise} must be at most 1 (0: none; 1: every label random)")
     if self.ema_decay >= 1:
       raise ConfigError(f"--ema_decay={self.ema_decay} must be below 1 (0: off)")
     if self.warmup_steps > self.steps:

@@ -253,7 +253,7 @@ def _find(fn: Fn, x: Array, layer: str) -> Layer:
   raise ValueError(f"no layer {layer!r}; the model's layers: " + ", ".join(f"{l.path} {list(l.shape)}" for l in known))
 
 
-def _with_layer(fn: Fn, layer: str, replace: Callable[[Array], Array] | None = None,
+def with_layer(fn: Fn, layer: str, replace: Callable[[Array], Array] | None = None,
                 keep: list[Array] | None = None) -> Fn:
   """`fn` with the output of `layer` recorded into `keep` and/or passed through `replace`."""
 
@@ -276,7 +276,7 @@ def _with_layer(fn: Fn, layer: str, replace: Callable[[Array], Array] | None = N
 def activation(fn: Fn, x: Array, layer: str) -> Array:
   """The output of `layer` for a batch x."""
   keep: list[Array] = []
-  _with_layer(fn, layer, keep=keep)(x)
+  with_layer(fn, layer, keep=keep)(x)
   if not keep:
     raise ValueError(f"layer {layer!r} was not called")
   return keep[0]
@@ -287,7 +287,7 @@ def _layer_grad(fn: Fn, xb: Array, layer: str, points: Array, target: Array) -> 
   `points` [k, *layer shape] (the input xb [1, ...] repeated k times below the layer)."""
 
   def score(z):
-    run = _with_layer(fn, layer, replace=lambda out: z.astype(out.dtype))
+    run = with_layer(fn, layer, replace=lambda out: z.astype(out.dtype))
     return _score(run, jnp.broadcast_to(xb, (z.shape[0],) + xb.shape[1:]), target).sum()
 
   return jax.grad(score)(points)
@@ -340,7 +340,7 @@ def layer_integrated_gradients(fn: Fn, x: Array, target: Array | int, layer: str
     points = b + jnp.asarray(alphas, a.dtype).reshape(shape) * (a - b)
     grads = _layer_grad(fn, xb, layer, points, ti)
     attr = (a - b) * jnp.tensordot(jnp.asarray(weights, a.dtype), grads, axes=1)
-    at_b = _score(_with_layer(fn, layer, replace=lambda out: b[None].astype(out.dtype)), xb, ti)[0]
+    at_b = _score(with_layer(fn, layer, replace=lambda out: b[None].astype(out.dtype)), xb, ti)[0]
     gap = attr.sum() - (_score(fn, xb, ti)[0] - at_b)
     return attr.sum(-1), gap
 

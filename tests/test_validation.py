@@ -194,7 +194,7 @@ def test_eval_train_reports_the_training_examples_after_the_test(tmp_path, monke
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--label_noise=1.0"], r"^--label_noise=1.0 must be below 1 \(0: none\)$"),
+    (["--label_noise=1.5"], r"^--label_noise=1.5 must be at most 1 \(0: none; 1: every label random\)$"),
     (["--dataset=char_text", "--eval_split=validation", "--model=gpt", "--objective=lm", "--label_noise=0.1"],
      r"^--label_noise needs class labels; --dataset=char_text has none$"),
 ])
