@@ -374,7 +374,8 @@ class Explainer:
     if method == "grad_cam":
       cam = attr.grad_cam(fn, x, target, self.cam_layer(), batch_size=bs)
       spatial = x.shape[1:-1] if s.channels_last else x.shape[1:]
-      return attr.upsample(cam, tuple(spatial)), None
+      cam = attr.upsample(cam, tuple(spatial))  # the input's shape, as every method's attributions
+      return (cam[..., None] if s.channels_last else cam), None
     raise AssertionError(method)
 
   def timed(self, method: str):
