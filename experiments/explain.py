@@ -29,7 +29,6 @@ summary.json (examples/s per method, completeness, the trust checks):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -56,42 +55,54 @@ MAGNITUDE_METHODS = ("gradient", "smoothgrad", "smoothgrad_squared")  # read by 
 
 def define_flags(values: flags.FlagValues = FLAGS) -> None:
   """The command's flags (defined by the command only, so that the module imports as a library)."""
-  define = {kind: functools.partial(getattr(flags, f"DEFINE_{kind}"), flag_values=values)
-            for kind in ("string", "integer", "list", "enum", "float", "boolean")}
-  define["string"]("workdir", None, "Run directory holding flags.flags and checkpoints/.", required=True)
-  define["integer"]("step", None, "Checkpoint step (default: the latest).")
-  define["list"]("method", ["integrated_gradients"], f"Attribution methods, any of: {', '.join(METHODS)}.")
-  define["integer"]("examples", 8, "Explain the first N examples of --split.", lower_bound=1)
-  define["string"]("split", None, "The split to explain (default: the run's --eval_split).")
-  define["string"]("target", "predicted", "What to attribute: 'predicted' (the model's top class, next token "
-                      "or largest latent unit), 'label' (the example's label or true next token) or a class index.")
-  define["string"]("prompt", None, "Language models: explain the next token after this text instead of windows "
-                      "of --split.")
-  define["integer"]("length", 64, "Language models: tokens per window of --split.", lower_bound=1)
-  define["integer"]("steps", 64, "Integrated gradients: integration steps.", lower_bound=1)
-  define["string"]("rule", "gausslegendre", "Integrated gradients: gausslegendre, riemann_left, riemann_right, "
-                      "riemann_middle or riemann_trapezoid.")
-  define["enum"]("baseline", "zeros", BASELINES, "Integrated gradients' baseline (and what deletion puts in): "
+  flags.DEFINE_string("workdir", None, "Run directory holding flags.flags and checkpoints/.", required=True,
+                      flag_values=values)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=values)
+  flags.DEFINE_list("method", ["integrated_gradients"], f"Attribution methods, any of: {', '.join(METHODS)}.",
+                    flag_values=values)
+  flags.DEFINE_integer("examples", 8, "Explain the first N examples of --split.", lower_bound=1, flag_values=values)
+  flags.DEFINE_string("split", None, "The split to explain (default: the run's --eval_split).", flag_values=values)
+  flags.DEFINE_string("target", "predicted", "What to attribute: 'predicted' (the model's top class, next token "
+                      "or largest latent unit), 'label' (the example's label or true next token) or a class index.",
+                      flag_values=values)
+  flags.DEFINE_string("prompt", None, "Language models: explain the next token after this text instead of windows "
+                      "of --split.", flag_values=values)
+  flags.DEFINE_integer("length", 64, "Language models: tokens per window of --split.", lower_bound=1,
+                       flag_values=values)
+  flags.DEFINE_integer("steps", 64, "Integrated gradients: integration steps.", lower_bound=1, flag_values=values)
+  flags.DEFINE_string("rule", "gausslegendre", "Integrated gradients: gausslegendre, riemann_left, riemann_right, "
+                      "riemann_middle or riemann_trapezoid.", flag_values=values)
+  flags.DEFINE_enum("baseline", "zeros", BASELINES, "Integrated gradients' baseline (and what deletion puts in): "
                     "zeros, the training mean, the input blurred (--blur), or --baseline_samples training examples "
-                    "(a distribution: attributions averaged over them).")
-  define["float"]("blur", 5.0, "Gaussian blur's standard deviation in positions for --baseline=blur.", lower_bound=0)
-  define["integer"]("baseline_samples", 16, "Training examples drawn for --baseline=train.", lower_bound=1)
-  define["list"]("completeness", [], "Integration steps at which to measure completeness as well (e.g. 8,16,32).")
-  define["integer"]("samples", 50, "SmoothGrad: noisy samples.", lower_bound=1)
-  define["float"]("noise", 0.15, "SmoothGrad: noise standard deviation as a fraction of the input's range.",
-                     lower_bound=0)
-  define["list"]("window", [], "Occlusion: window per spatial axis (default 3 positions; 3x3 for images).")
-  define["list"]("stride", [], "Occlusion: stride per spatial axis (default 1).")
-  define["integer"]("occlusion_value", 0, "Occlusion of tokens: the token id put in (inputs of reals get 0).")
-  define["string"]("layer", None, "Grad-CAM's layer, a Flax path (default: the last convolution).")
-  define["boolean"]("faithfulness", False, "Deletion and insertion curves against a random order.")
-  define["enum"]("sanity", None, ["model", "labels"], "Sanity checks: cascading model randomisation, or a run "
-                    "trained on shuffled labels (--sanity_workdir).")
-  define["string"]("sanity_workdir", None, "--sanity=labels: the run trained on shuffled labels.")
-  define["integer"]("batch_size", None, "Examples attributed at once (default: all).", lower_bound=1)
-  define["integer"]("plot_examples", 4, "Examples drawn in the pictures.", lower_bound=0)
-  define["integer"]("seed", 0, "Seed of SmoothGrad's noise, baselines, random orders and re-initialisation.")
-  define["string"]("out", None, "Output directory (default: WORKDIR/explain).")
+                    "(a distribution: attributions averaged over them).", flag_values=values)
+  flags.DEFINE_float("blur", 5.0, "Gaussian blur's standard deviation in positions for --baseline=blur.", lower_bound=0,
+                     flag_values=values)
+  flags.DEFINE_integer("baseline_samples", 16, "Training examples drawn for --baseline=train.", lower_bound=1,
+                       flag_values=values)
+  flags.DEFINE_list("completeness", [], "Integration steps at which to measure completeness as well (e.g. 8,16,32).",
+                    flag_values=values)
+  flags.DEFINE_integer("samples", 50, "SmoothGrad: noisy samples.", lower_bound=1, flag_values=values)
+  flags.DEFINE_float("noise", 0.15, "SmoothGrad: noise standard deviation as a fraction of the input's range.",
+                     lower_bound=0, flag_values=values)
+  flags.DEFINE_list("window", [], "Occlusion: window per spatial axis (default 3 positions; 3x3 for images).",
+                    flag_values=values)
+  flags.DEFINE_list("stride", [], "Occlusion: stride per spatial axis (default 1).", flag_values=values)
+  flags.DEFINE_integer("occlusion_value", 0, "Occlusion of tokens: the token id put in (inputs of reals get 0).",
+                       flag_values=values)
+  flags.DEFINE_string("layer", None, "Grad-CAM's layer, a Flax path (default: the last convolution).",
+                      flag_values=values)
+  flags.DEFINE_boolean("faithfulness", False, "Deletion and insertion curves against a random order.",
+                       flag_values=values)
+  flags.DEFINE_enum("sanity", None, ["model", "labels"], "Sanity checks: cascading model randomisation, or a run "
+                    "trained on shuffled labels (--sanity_workdir).", flag_values=values)
+  flags.DEFINE_string("sanity_workdir", None, "--sanity=labels: the run trained on shuffled labels.",
+                      flag_values=values)
+  flags.DEFINE_integer("batch_size", None, "Examples attributed at once (default: all).", lower_bound=1,
+                       flag_values=values)
+  flags.DEFINE_integer("plot_examples", 4, "Examples drawn in the pictures.", lower_bound=0, flag_values=values)
+  flags.DEFINE_integer("seed", 0, "Seed of SmoothGrad's noise, baselines, random orders and re-initialisation.",
+                       flag_values=values)
+  flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain).", flag_values=values)
 
 
 @dataclasses.dataclass

@@ -165,7 +165,7 @@ def test_attention_maps_are_distributions_that_respect_the_causal_mask():
 def test_token_attributions_from_the_embeddings_are_complete():
   model, variables, tokens = _gpt()
   fn = lambda t: model.apply(variables, t)[:, -1]  # the next-token logits after the whole prompt
-  a, gap = attr.layer_integrated_gradients(fn, tokens, 4, "embed/tokens", steps=128)
+  a, gap = jax.jit(lambda t: attr.layer_integrated_gradients(fn, t, 4, "embed/tokens", steps=128))(tokens)
   assert a.shape == tokens.shape
   np.testing.assert_allclose(gap, 0, atol=2e-3 * float(jnp.abs(a).sum(1).max()) + 1e-4)
 
@@ -173,8 +173,9 @@ def test_token_attributions_from_the_embeddings_are_complete():
 def test_deletion_insertion_curves_start_and_end_where_they_must():
   _, _, fn, x = _cnn()
   target = jnp.argmax(fn(x), 1)
-  a, _ = attr.integrated_gradients(fn, x, target, steps=16)
-  deletion, insertion = attr.deletion_insertion(fn, x, target, a, steps=8)
+  a, _ = jax.jit(lambda z: attr.integrated_gradients(fn, z, target, steps=16))(x)
+  curves = jax.jit(lambda z, s: attr.deletion_insertion(fn, z, target, a, steps=s), static_argnums=1)
+  deletion, insertion = curves(x, 8)
   probs = lambda z: jax.nn.softmax(fn(z))[jnp.arange(5), target]
   assert deletion.shape == insertion.shape == (5, 9)
   np.testing.assert_allclose(deletion[:, 0], probs(x), rtol=1e-5)
@@ -184,7 +185,7 @@ def test_deletion_insertion_curves_start_and_end_where_they_must():
   # the first deleted position is the most attributed one
   first = np.argmax(np.asarray(a), axis=1)
   once = x.at[jnp.arange(5), first].set(0.0)
-  deletion, _ = attr.deletion_insertion(fn, x, target, a, steps=16)
+  deletion, _ = curves(x, 16)
   np.testing.assert_allclose(deletion[:, 1], probs(once), rtol=1e-5)
 
 
