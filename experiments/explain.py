@@ -97,8 +97,8 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
                     "trained on shuffled labels (--sanity_workdir).", flag_values=values)
   flags.DEFINE_string("sanity_workdir", None, "--sanity=labels: the run trained on shuffled labels.",
                       flag_values=values)
-  flags.DEFINE_integer("batch_size", None, "Examples attributed at once (default: all).", lower_bound=1,
-                       flag_values=values)
+  flags.DEFINE_integer("batch_size", 50, "Examples attributed at once, each with its integration steps, noise "
+                       "samples or occluded copies (memory grows with it).", lower_bound=1, flag_values=values)
   flags.DEFINE_integer("plot_examples", 4, "Examples drawn in the pictures.", lower_bound=0, flag_values=values)
   flags.DEFINE_integer("seed", 0, "Seed of SmoothGrad's noise, baselines, random orders and re-initialisation.",
                        flag_values=values)
