@@ -559,6 +559,9 @@ def explain(workdir: str, methods: list[str], opts: dict[str, Any], out: str | N
     explainer.check(m)
   if (opts["faithfulness"] or opts["sanity"]) and s.kind == "tokens":
     raise ConfigError("--faithfulness and --sanity measure attributions of signals and images; this run reads tokens")
+  if opts["faithfulness"] and restored.config.objective != "classification":
+    raise ConfigError("--faithfulness tracks the probability of a class; the run is not a classifier "
+                      f"(--objective={restored.config.objective})")
   out = out or os.path.join(workdir, "explain")
   os.makedirs(out, exist_ok=True)
 

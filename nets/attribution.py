@@ -52,7 +52,7 @@ def _score(fn: Fn, x: Array, target: Array) -> Array:
 
 def _per_example(one: Callable[..., Any], batch_size: int | None, *args) -> Any:
   """Runs `one` (a function of one example's arrays) over the leading axis of `args`."""
-  if batch_size is None:
+  if batch_size is None or batch_size >= args[0].shape[0]:
     return jax.vmap(one)(*args)
   return jax.lax.map(lambda a: one(*a), args, batch_size=batch_size)
 

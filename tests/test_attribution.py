@@ -49,9 +49,9 @@ def test_gradient_equals_jax_grad_by_hand_and_x_input():
   _, _, fn, x = _cnn()
   target = jnp.array([0, 1, 2, 3, 0])
   g = attr.gradient(fn, x, target)
+  by_hand = jax.jit(jax.grad(lambda xi, t: fn(xi[None])[0, t]))
   for i in range(len(x)):
-    by_hand = jax.grad(lambda xi: fn(xi[None])[0, target[i]])(x[i])
-    np.testing.assert_allclose(g[i], by_hand, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g[i], by_hand(x[i], target[i]), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(attr.gradient_x_input(fn, x, target), x * g, rtol=1e-6)
 
 
@@ -72,14 +72,15 @@ def test_batched_results_equal_per_example_results():
   ig = jax.jit(lambda z, t, b=None: attr.integrated_gradients(fn, z, t, steps=8, batch_size=b), static_argnums=2)
   a, gap = ig(x, target)
   chunked, _ = ig(x, target, 2)
-  sg = attr.smoothgrad(fn, x, target, key, samples=5)
+  smooth = jax.jit(lambda z, t, b=None: attr.smoothgrad(fn, z, t, key, samples=5, batch_size=b), static_argnums=2)
+  sg = smooth(x, target)
   for i in range(len(x)):
     one, one_gap = ig(x[i:i + 1], target[i:i + 1])
     np.testing.assert_allclose(one[0], a[i], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(one_gap[0], gap[i], atol=1e-6)
   np.testing.assert_allclose(chunked, a, rtol=1e-5, atol=1e-7)
   # SmoothGrad's noise for example i is keyed by i: the batch gives the same as the loop over it
-  np.testing.assert_allclose(attr.smoothgrad(fn, x, target, key, samples=5, batch_size=2), sg, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(smooth(x, target, 2), sg, rtol=1e-5, atol=1e-7)
 
 
 def test_a_distribution_of_baselines_averages_and_keeps_completeness():

@@ -108,3 +108,15 @@ def test_explain_a_language_model(tmp_path):
   assert prompt["examples"] == 1
   with pytest.raises(ConfigError, match="--method=smoothgrad needs real-valued inputs; this model reads tokens"):
     explain.explain(str(tmp_path), ["smoothgrad"], explain.defaults(examples=1), str(out))
+
+
+def test_explain_a_vae_encoder(tmp_path):
+  train_in_process("--flagfile=experiments/flags/vae_mnist1d.flags", *TINY, "--steps=3", "--elbo.iwae_samples=2",
+                   workdir=tmp_path)
+  summary = explain.explain(str(tmp_path), ["integrated_gradients"], explain.defaults(examples=2, steps=8),
+                            str(tmp_path / "x"))
+  arrays = np.load(tmp_path / "x" / "attributions.npz")
+  assert arrays["integrated_gradients"].shape == (2, 40) and summary["examples"] == 2
+  with pytest.raises(ConfigError, match="--faithfulness tracks the probability of a class; the run is not a "
+                                        "classifier .--objective=elbo."):
+    explain.explain(str(tmp_path), ["gradient"], explain.defaults(examples=2, faithfulness=True), str(tmp_path / "x"))
