@@ -23,7 +23,8 @@ summary.json (examples/s per method, completeness, the trust checks):
 - `--sanity=model`: the cascading parameter randomisation of Adebayo et al. (2018): layers
   re-initialised from the output down, with the rank correlation of each method's
   attributions to the trained model's (a method that depends on the model falls toward 0);
-  `--sanity=labels`: against a run trained on shuffled labels (`--sanity_workdir`).
+  `--sanity=labels`: against a run trained on random labels (`--sanity_workdir`, trained
+  with `--label_noise=1`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer("samples", 50, "SmoothGrad: noisy samples.", lower_bound=1, flag_values=values)
   flags.DEFINE_float("noise", 0.15, "SmoothGrad: noise standard deviation as a fraction of the input's range.",
                      lower_bound=0, flag_values=values)
-  flags.DEFINE_list("window", [], "Occlusion: window per spatial axis (default 3 positions; 3x3 for images).",
+  flags.DEFINE_list("window", [], "Occlusion: window per spatial axis (default 3 positions, 3x3 for images, 1 token).",
                     flag_values=values)
   flags.DEFINE_list("stride", [], "Occlusion: stride per spatial axis (default 1).", flag_values=values)
   flags.DEFINE_integer("occlusion_value", 0, "Occlusion of tokens: the token id put in (inputs of reals get 0).",
@@ -94,8 +95,9 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_boolean("faithfulness", False, "Deletion and insertion curves against a random order.",
                        flag_values=values)
   flags.DEFINE_enum("sanity", None, ["model", "labels"], "Sanity checks: cascading model randomisation, or a run "
-                    "trained on shuffled labels (--sanity_workdir).", flag_values=values)
-  flags.DEFINE_string("sanity_workdir", None, "--sanity=labels: the run trained on shuffled labels.",
+                    "trained on random labels (--sanity_workdir).", flag_values=values)
+  flags.DEFINE_string("sanity_workdir", None, "--sanity=labels: the same model trained on random labels "
+                      "(--label_noise=1).",
                       flag_values=values)
   flags.DEFINE_integer("batch_size", 50, "Examples attributed at once, each with its integration steps, noise "
                        "samples or occluded copies (memory grows with it).", lower_bound=1, flag_values=values)
@@ -109,7 +111,7 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
 class Subject:
   """What is explained: a restored run's model as a function of a batch of inputs, and examples."""
   kind: str  # "signal", "image" or "tokens"
-  fn_for: Callable[..., Callable[[Any], Any]]  # params -> (inputs [n, ...] -> scores [n, classes])
+  fn_for: Callable[..., Callable[[Any], Any]]  # (params, plain, state) -> (inputs [n, ...] -> scores)
   x: Any
   labels: Any  # [n] or None
   target: Any  # [n]
@@ -119,12 +121,13 @@ class Subject:
   train_x: Any = None  # training inputs for baselines (examples only)
   decode: Callable[[Any], list[str]] | None = None
 
-  def fn(self, params: Any = None, plain: bool = False) -> Callable[[Any], Any]:
+  def fn(self, params: Any = None, plain: bool = False, state: Any = None) -> Callable[[Any], Any]:
     """The model's scores as a function of its inputs, computed as the run computed them
     (`build.model_call`: the same values, some operations computed the way this platform
     runs them fast) or, `plain`, by `model.apply` as it is (for the methods that intercept
-    the model's layers)."""
-    return self.fn_for(self.restored.params if params is None else params, plain)
+    the model's layers). `state`: other model variables (batch statistics) than the run's."""
+    return self.fn_for(self.restored.params if params is None else params, plain,
+                       self.restored.model_state if state is None else state)
 
   @property
   def channels_last(self) -> bool:
@@ -173,17 +176,21 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
   config, source, model = restored.config, restored.source, restored.model
   split = split or config.eval_split
 
-  def variables(params):
-    return {"params": params, **(restored.model_state or {})}
+  plain_model = model
+  if getattr(model, "attention_kernel", "xla") != "xla":  # cuDNN's kernel: the same function, on any platform
+    plain_model = model.clone(attention_kernel="xla")
 
-  def forward(params, x, plain, **kwargs):
-    return (model.apply if plain else restored.call)(variables(params), x, **kwargs)
+  def forward(params, state, x, plain, **kwargs):
+    variables = {"params": params, **(state or {})}
+    if plain or plain_model is not model:
+      return plain_model.apply(variables, x, **kwargs)
+    return restored.call(variables, x, **kwargs)
 
   if config.objective == "classification":
-    fn_for = lambda p, plain=False: (lambda x: forward(p, x, plain))
+    fn_for = lambda p, plain=False, state=None: (lambda x: forward(p, state, x, plain))
     x, labels = _read_examples(config, source, split, examples)
     x = jnp.asarray(x, jnp.float32)
-    fn = fn_for(restored.params)
+    fn = fn_for(restored.params, False, restored.model_state)
     prediction = np.asarray(jnp.argmax(fn(x), -1))
     tgt = _targets(target, prediction, labels, int(fn(x[:1]).shape[-1]), "classes")
     kind = "signal" if x.ndim in (2, 3) else "image"
@@ -192,8 +199,10 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
     return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored, jnp.asarray(train_x, jnp.float32))
 
   if config.objective == "lm":
-    fn_for = lambda p, plain=False: (lambda t: forward(p, t, plain)[:, -1])
+    fn_for = lambda p, plain=False, state=None: (lambda t: forward(p, state, t, plain)[:, -1])
     tokenizer = source.tokenizer
+    if source.text is None:
+      raise ConfigError(f"explain reads language models of text; --dataset={config.dataset} is not text")
     if prompt is not None:
       try:
         x = np.asarray(tokenizer.encode(prompt))[None]
@@ -201,7 +210,7 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
         raise ConfigError(f"--prompt: {e}") from None
       labels = None
     else:
-      if source.text is None or split not in source.text.tokens:
+      if split not in source.text.tokens:
         raise ConfigError(f"--split={split}: the run's text has splits {sorted(source.text.tokens)}")
       tokens = np.asarray(source.text.tokens[split])
       if len(tokens) < (length + 1) * examples:
@@ -213,7 +222,7 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
     if max_len and x.shape[1] > max_len:
       raise ConfigError(f"the text is {x.shape[1]} tokens; the model reads at most {max_len} (--length or --prompt)")
     x = jnp.asarray(x, jnp.int32)
-    fn = fn_for(restored.params)
+    fn = fn_for(restored.params, False, restored.model_state)
     logits = fn(x)
     prediction = np.asarray(jnp.argmax(logits, -1))
     tgt = _targets(target, prediction, labels, int(logits.shape[-1]), "tokens")
@@ -223,20 +232,24 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
     return Subject("tokens", fn_for, x, labels, tgt, prediction, titles, restored, decode=decode)
 
   if hasattr(model, "encode") and config.objective in ("elbo", "reconstruction"):
-    def fn_for(p, plain=False):
+    def fn_for(p, plain=False, state=None):
       def fn(x):
-        z = forward(p, x, plain, method="encode")
+        z = forward(p, state, x, plain, method="encode")
         return z[0] if isinstance(z, tuple) else z  # a VAE's mean
       return fn
     x, labels = _read_examples(config, source, split, examples)
     x = jnp.asarray(x, jnp.float32)
-    fn = fn_for(restored.params)
+    fn = fn_for(restored.params, False, restored.model_state)
     z = fn(x)
     prediction = np.asarray(jnp.argmax(jnp.abs(z), -1))
-    tgt = _targets(target, prediction, None if target == "label" else labels, int(z.shape[-1]), "latent units")
+    if target == "label":
+      raise ConfigError("--target=label: an encoder has no classes; use --target=predicted (the latent unit of "
+                        "largest magnitude) or a latent unit's index")
+    tgt = _targets(target, prediction, None, int(z.shape[-1]), "latent units")
     kind = "signal" if x.ndim in (2, 3) else "image"
     titles = [f"#{i} latent unit {tgt[i]}" for i in range(len(x))]
-    return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored)
+    train_x, _ = _read_examples(config, source, config.train_split, 1000)
+    return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored, jnp.asarray(train_x, jnp.float32))
 
   del data, jax
   raise ConfigError(f"explain needs a classifier, a language model or an encoder; the run in question has "
@@ -292,7 +305,8 @@ class Explainer:
         self.baseline = _blurred(s.x, opts["blur"], spatial)
       elif opts["baseline"] == "train":
         pool = s.train_x if s.train_x is not None else s.x
-        pick = jax.random.choice(jax.random.fold_in(self.key, 1), len(pool), (opts["baseline_samples"],))
+        pick = jax.random.choice(jax.random.fold_in(self.key, 1), len(pool), (opts["baseline_samples"],),
+                                 replace=opts["baseline_samples"] > len(pool))
         self.baselines = pool[pick]
       self.deletion_baseline = self.baselines.mean(0) if self.baselines is not None else self.baseline
     else:
@@ -313,28 +327,41 @@ class Explainer:
       self.cam_layer()
     if method == "attention":
       self.attention()
+    if method == "integrated_gradients" and s.kind == "tokens":
+      self.embedding_layer()
+      if self.o["baseline"] != "zeros":
+        raise ConfigError(f"--baseline={self.o['baseline']}: token attributions start from zero embeddings "
+                          "(--baseline=zeros)")
+    if method == "occlusion":
+      spatial = s.x.shape[1:-1] if s.channels_last else s.x.shape[1:]
+      window = _spatial_ints(self.o["window"], "window", len(spatial), 1 if s.kind == "tokens" else 3)
+      _spatial_ints(self.o["stride"], "stride", len(spatial), 1)
+      if any(w > n for w, n in zip(window, spatial)):
+        raise ConfigError(f"--window={','.join(map(str, window))} is larger than the input {list(spatial)}")
 
   def embedding_layer(self) -> str:
     embeds = [l.path for l in self.layers if l.kind == "Embed"]
     if not embeds:
-      raise ConfigError("integrated gradients of tokens needs an nn.Embed layer; the model's layers: "
-                        + ", ".join(l.path for l in self.layers))
+      raise ConfigError("integrated gradients of tokens needs an nn.Embed layer (for rnn_lm: --rnn_lm.embed_dim > 0; "
+                        "or use --method=occlusion); the model's layers: " + ", ".join(l.path for l in self.layers))
     return embeds[0]
 
   def cam_layer(self) -> str:
+    """--layer, or the last top-level layer with spatial axes (a convolution, or a residual
+    block's output) of a model with convolutions."""
     names = [l.path for l in self.layers]
-    convs = [l.path for l in self.layers if l.kind.startswith("Conv") and len(l.shape) >= 2]
+    spatial = [l.path for l in self.attr.spatial_layers(self.s.fn(plain=True), self.s.x) if l.kind != "Dropout"]
+    if not any(l.kind.startswith("Conv") for l in self.layers):
+      raise ConfigError(f"--method=grad_cam needs a convolutional layer; {self.s.restored.config.model} has "
+                        f"none (its layers: {', '.join(names)})")
     if self.o["layer"] is not None:
       if self.o["layer"] not in names:
         raise ConfigError(f"--layer={self.o['layer']}: no such layer; the model's layers: {', '.join(names)}")
-      if self.o["layer"] not in [l.path for l in self.attr.spatial_layers(self.s.fn(plain=True), self.s.x)]:
+      if self.o["layer"] not in spatial:
         raise ConfigError(f"--layer={self.o['layer']}: Grad-CAM needs a layer with spatial axes; those with them: "
-                          f"{', '.join(convs) or 'none'}")
+                          f"{', '.join(spatial) or 'none'}")
       return self.o["layer"]
-    if not convs:
-      raise ConfigError(f"--method=grad_cam needs a convolutional layer; {self.s.restored.config.model} has "
-                        f"none (its layers: {', '.join(names)})")
-    return convs[-1]
+    return [p for p in spatial if "/" not in p][-1]
 
   def attention(self):
     """Each attention layer's weights for the examples, and their rollout."""
@@ -350,12 +377,13 @@ class Explainer:
     self_maps = [m for name, m in maps.items() if "cross" not in name]
     return maps, self.attr.attention_rollout(self_maps)
 
-  def compute(self, method: str, params=None, x=None, target=None):
+  def compute(self, method: str, params=None, x=None, target=None, state=None):
     """(attributions, IG's completeness gaps or None) for the examples (or other x), with the
-    run's parameters (or `params`)."""
+    run's parameters and model state (or `params`, `state`)."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     s, o, attr = self.s, self.o, self.attr
     x, target = s.x if x is None else x, s.target if target is None else target
-    fn = s.fn(params, plain=method == "grad_cam" or s.kind == "tokens")
+    fn = s.fn(params, plain=method == "grad_cam" or s.kind == "tokens", state=state)
     bs = o["batch_size"]
     if s.kind == "tokens":
       if method == "integrated_gradients":
@@ -385,8 +413,8 @@ class Explainer:
     if method == "grad_cam":
       cam = attr.grad_cam(fn, x, target, self.cam_layer(), batch_size=bs)
       spatial = x.shape[1:-1] if s.channels_last else x.shape[1:]
-      cam = attr.upsample(cam, tuple(spatial))  # the input's shape, as every method's attributions
-      return (cam[..., None] if s.channels_last else cam), None
+      cam = attr.upsample(cam, tuple(spatial))
+      return jnp.broadcast_to(cam[..., None] if s.channels_last else cam, x.shape), None  # as every method's
     raise AssertionError(method)
 
   def timed(self, method: str):
@@ -490,14 +518,17 @@ def sanity_model(explainer: Explainer, methods: list[str], maps: dict[str, Any],
   restored = s.restored
   fresh = restored.model.init(jax_key(explainer.key, 4), s.x[:1])["params"]
   result: dict[str, Any] = {"layers": [], "spearman_abs": {m: [] for m in methods},
-                            "spearman": {m: [] for m in methods}}
-  for layer, params in attr.randomized_top_down(restored.params, fresh):
+                            "spearman": {m: [] for m in methods}, "constant_maps": {m: [] for m in methods}}
+  order = attr.call_order(s.fn(plain=True), s.x, restored.params)
+  for layer, params in attr.randomized_top_down(restored.params, fresh, order):
     result["layers"].append(layer)
     for m in methods:
       a, _ = jax.jit(lambda x, t, m=m, p=params: explainer.compute(m, params=p, x=x, target=t))(s.x, s.target)
       trained = maps[m].reshape(len(s.x), -1)
-      result["spearman_abs"][m].append(float(jnp.mean(attr.spearman(jnp.abs(trained), jnp.abs(a)))))
-      result["spearman"][m].append(float(jnp.mean(attr.spearman(trained, a))))
+      rho = attr.spearman(jnp.abs(trained), jnp.abs(a))  # NaN where a map is constant (e.g. all zero)
+      result["spearman_abs"][m].append(float(jnp.nanmean(rho)))
+      result["spearman"][m].append(float(jnp.nanmean(attr.spearman(trained, a))))
+      result["constant_maps"][m].append(int(jnp.isnan(rho).sum()))
   attribution_plots.sanity(os.path.join(out, "sanity_model.png"), result["layers"],
                            {m: np.asarray(v) for m, v in result["spearman_abs"].items()},
                            f"Cascading randomisation ({restored.config.model}, {len(s.x)} examples)")
@@ -513,7 +544,7 @@ def sanity_model(explainer: Explainer, methods: list[str], maps: dict[str, Any],
 def sanity_labels(explainer: Explainer, methods: list[str], maps: dict[str, Any], other_workdir: str,
                   step: int | None) -> dict[str, Any]:
   """Each method's mean Spearman correlation with the same method on a run trained on
-  shuffled labels (same examples, same targets)."""
+  random labels (same examples, same targets), with that run's own model state."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from experiments import build  # pylint: disable=g-import-not-at-top
@@ -524,10 +555,11 @@ def sanity_labels(explainer: Explainer, methods: list[str], maps: dict[str, Any]
                       f"the run explained trains {s.restored.config.model} on {s.restored.config.dataset}")
   out = {"workdir": other_workdir, "spearman_abs": {}, "spearman": {}}
   for m in methods:
-    a, _ = jax.jit(lambda x, t, m=m: explainer.compute(m, params=other.params, x=x, target=t))(s.x, s.target)
+    a, _ = jax.jit(lambda x, t, m=m: explainer.compute(m, params=other.params, x=x, target=t,
+                                                       state=other.model_state))(s.x, s.target)
     trained = maps[m].reshape(len(s.x), -1)
-    out["spearman_abs"][m] = float(jnp.mean(explainer.attr.spearman(jnp.abs(trained), jnp.abs(a))))
-    out["spearman"][m] = float(jnp.mean(explainer.attr.spearman(trained, a)))
+    out["spearman_abs"][m] = float(jnp.nanmean(explainer.attr.spearman(jnp.abs(trained), jnp.abs(a))))
+    out["spearman"][m] = float(jnp.nanmean(explainer.attr.spearman(trained, a)))
   return out
 
 
@@ -543,12 +575,13 @@ def explain(workdir: str, methods: list[str], opts: dict[str, Any], out: str | N
   for m in methods:
     if m not in METHODS:
       raise ConfigError(f"--method={m}: unknown; choose from {', '.join(METHODS)}")
-  try:
-    attribution.rule(opts["rule"], max(opts["steps"], 2))
-  except ValueError as e:
-    raise ConfigError(f"--rule: {e}") from None
+  for steps in [str(opts["steps"])] + list(opts["completeness"]):
+    try:
+      attribution.rule(opts["rule"], int(steps))
+    except ValueError as e:  # (an unknown rule, too few steps for it, or not a number)
+      raise ConfigError(f"--rule={opts['rule']} with {steps} steps (--steps, --completeness): {e}") from None
   if opts["sanity"] == "labels" and not opts["sanity_workdir"]:
-    raise ConfigError("--sanity=labels needs --sanity_workdir: a run trained on shuffled labels")
+    raise ConfigError("--sanity=labels needs --sanity_workdir: a run trained on random labels (--label_noise=1)")
   if not (epath.Path(workdir) / "flags.flags").exists():
     raise ConfigError(f"--workdir={workdir}: no run there (no flags.flags)")
   restored = build.restore(workdir, opts["step"])

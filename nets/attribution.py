@@ -158,7 +158,7 @@ def smoothgrad(fn: Fn, x: Array, target: Array | int, key: Array, *, samples: in
                squared: bool = False, batch_size: int | None = None) -> Array:
   """The gradient averaged over `samples` copies with Gaussian noise of standard deviation
   `noise` x the example's range (squared gradients with `squared`: SmoothGrad-Squared).
-  Example i uses the key fold_in(key, i), so a batch gives what each example alone gives."""
+  Example i of the batch draws its noise from fold_in(key, i), whatever `batch_size`."""
 
   def one(xi, ti, scale, i):
     eps = jax.random.normal(jax.random.fold_in(key, i), (samples,) + xi.shape, xi.dtype)
@@ -234,7 +234,8 @@ def layers(fn: Fn, x: Array) -> list[Layer]:
     out = next_fun(*args, **kwargs)
     if context.method_name == "__call__" and isinstance(out, jax.Array) and context.module.path:
       name = _path(context.module)
-      found.setdefault(name, Layer(name, type(context.module).__name__, tuple(out.shape[1:])))
+      batched = out.ndim >= 1 and out.shape[0] == 1  # (not, e.g., position embeddings shared by the batch)
+      found.setdefault(name, Layer(name, type(context.module).__name__, tuple(out.shape[1:] if batched else out.shape)))
     return out
 
   def run(xb):
@@ -388,47 +389,73 @@ def feature_scores(attributions: Array, channels_last: bool) -> Array:
 
 def deletion_insertion(fn: Fn, x: Array, target: Array | int, attributions: Array, *, steps: int | None = None,
                        baseline: Array | float | None = None, channels_last: bool | None = None,
-                       batch_size: int | None = None) -> tuple[Array, Array]:
+                       key: Array | None = None, batch_size: int | None = None) -> tuple[Array, Array]:
   """Deletion and insertion curves (Petsiuk et al. 2018): the target's softmax probability as
   input positions are replaced by the baseline in order of decreasing attribution (deletion),
   or put back into the baseline in that order (insertion). Curves are [b, steps + 1], from 0
   to all positions changed; their mean over the fractions is the area under each (lower
-  deletion and higher insertion are more faithful)."""
+  deletion and higher insertion are more faithful). Positions of equal attribution (e.g. the
+  zeros of a ReLU map) are taken in a random order drawn from `key` (by position without it)."""
   channels_last = x.ndim >= 3 if channels_last is None else channels_last
   scores = feature_scores(attributions, channels_last)
   n = scores.shape[1]
   steps = n if steps is None else steps
   counts = jnp.asarray(np.round(np.linspace(0, n, steps + 1)).astype(np.int32))
   base = _baseline_for(x, baseline)
+  if key is None:
+    shuffles = jnp.broadcast_to(jnp.arange(n), scores.shape)
+  else:
+    shuffles = jax.vmap(lambda i: jax.random.permutation(jax.random.fold_in(key, i), n))(jnp.arange(scores.shape[0]))
 
-  def one(xi, bi, si, ti):
-    rank = jnp.argsort(jnp.argsort(-si))  # 0 for the most important position
+  def one(xi, bi, si, ti, shuffle):
+    order = shuffle[jnp.argsort(-si[shuffle], stable=True)]  # ties in the shuffled order
+    rank = jnp.argsort(order)  # 0 for the most important position
     changed = rank[None, :] < counts[:, None]  # [steps + 1, positions]
     shape = (steps + 1,) + xi.shape[:-1] + (1,) if channels_last else (steps + 1,) + xi.shape
     changed = changed.reshape(shape)
     probs = lambda z: jax.nn.softmax(fn(z), axis=-1)[:, ti]
     return probs(jnp.where(changed, bi, xi)), probs(jnp.where(changed, xi, bi))
 
-  return _per_example(one, batch_size, x, base, scores, _targets(x, target))
+  return _per_example(one, batch_size, x, base, scores, _targets(x, target), shuffles)
 
 
 def _ranks(v: Array) -> Array:
-  return jnp.argsort(jnp.argsort(v, axis=-1), axis=-1).astype(jnp.float32)
+  """Ranks along the last axis, ties given their average rank (as scipy's rankdata)."""
+  def one(row):
+    ordered = jnp.sort(row)
+    low = jnp.searchsorted(ordered, row, side="left")
+    high = jnp.searchsorted(ordered, row, side="right")
+    return (low + high - 1) / 2
+  return jax.vmap(one)(v.astype(jnp.float32))
 
 
 def spearman(a: Array, b: Array) -> Array:
-  """Spearman rank correlation of each example's a and b (flattened), [b]."""
+  """Spearman rank correlation of each example's a and b (flattened), [b]; NaN where either
+  is constant (e.g. an all-zero map), as scipy gives."""
   ra, rb = _ranks(a.reshape(a.shape[0], -1)), _ranks(b.reshape(b.shape[0], -1))
   ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
   return (ra * rb).sum(-1) / jnp.sqrt((ra**2).sum(-1) * (rb**2).sum(-1))
 
 
-def randomized_top_down(params: dict, fresh: dict) -> list[tuple[str, dict]]:
+def randomized_top_down(params: dict, fresh: dict, order: Sequence[str]) -> list[tuple[str, dict]]:
   """Cascading randomisation: [(layer, params with that layer and every layer above it
-  taken from `fresh`)], from the output layer down to the first (top-level entries of the
-  parameter tree, in the order the model created them)."""
-  names = list(params)
+  taken from `fresh`)], from the output layer down to the first. `order` lists the top-level
+  entries of the parameter tree in the order the model calls them (`call_order`; parameter
+  trees come back with their keys sorted, and "Conv_10" sorts before "Conv_2")."""
+  names = list(order)
+  if sorted(names) != sorted(params):
+    raise ValueError(f"order {names} must name each top-level parameter entry once: {sorted(params)}")
   out = []
   for i in range(len(names) - 1, -1, -1):
     out.append((names[i], {k: (fresh[k] if j >= i else params[k]) for j, k in enumerate(names)}))
   return out
+
+
+def call_order(fn: Fn, x: Array, params: dict) -> list[str]:
+  """The top-level entries of `params` in the order `fn` first calls them on `x`."""
+  seen = []
+  for layer in layers(fn, x):
+    top = layer.path.split("/")[0]
+    if top in params and top not in seen:
+      seen.append(top)
+  return seen + sorted(set(params) - set(seen))  # (entries never called: after the rest)

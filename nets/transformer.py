@@ -73,6 +73,8 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None,
                train: bool = False) -> Array:
     embed = x.shape[-1]
+    if self.sparse_impl not in ("blocked", "masked"):
+      raise ValueError(f"MultiHeadAttention.sparse_impl must be 'blocked' or 'masked'; got {self.sparse_impl!r}")
     if embed % self.num_heads:
       raise ValueError(f"embedding size {embed} is not divisible by {self.num_heads} heads")
     head_dim = embed // self.num_heads

@@ -1,6 +1,5 @@
 """nets.attribution: each method against what it must equal, on models small enough to check."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,15 +191,25 @@ def test_deletion_insertion_curves_start_and_end_where_they_must():
 
 def test_spearman_and_cascading_randomisation():
   a = jnp.asarray(np.random.default_rng(0).normal(size=(3, 50)))
+  ties = jnp.array([[0.0, 0, 0, 1, 2], [3.0, 1, 1, 0, 5]])
+  np.testing.assert_allclose(attr.spearman(ties, jnp.array([[1.0, 2, 3, 4, 5], [5.0, 1, 3, 2, 4]])),
+                             [0.8944272, 0.7181848], rtol=1e-5)  # scipy.stats.spearmanr, ties averaged
+  assert np.isnan(attr.spearman(jnp.zeros((1, 5)), a[:1, :5]))[0]  # a constant map has no ranking
   np.testing.assert_allclose(attr.spearman(a, a), 1, rtol=1e-6)
   np.testing.assert_allclose(attr.spearman(a, -a), -1, rtol=1e-6)
   np.testing.assert_allclose(attr.spearman(a, 2 * a**3 + 1), 1, rtol=1e-6)
   params = {"Conv_0": 0, "Conv_1": 1, "Dense_0": 2}
   fresh = {"Conv_0": 10, "Conv_1": 11, "Dense_0": 12}
-  steps = attr.randomized_top_down(params, fresh)
+  steps = attr.randomized_top_down(params, fresh, ["Conv_0", "Conv_1", "Dense_0"])
   assert steps == [("Dense_0", {"Conv_0": 0, "Conv_1": 1, "Dense_0": 12}),
                    ("Conv_1", {"Conv_0": 0, "Conv_1": 11, "Dense_0": 12}),
                    ("Conv_0", {"Conv_0": 10, "Conv_1": 11, "Dense_0": 12})]
+  # the model's call order, not the parameter tree's sorted keys ("Conv_10" < "Conv_2")
+  model = nets.create("cnn", features=(2,) * 11, kernel_size=(1,) * 11, strides=(1,) * 11, num_outputs=2)
+  x = jnp.zeros((1, 8))
+  params = model.init(jax.random.key(0), x)["params"]
+  order = attr.call_order(lambda z: model.apply({"params": params}, z), x, params)
+  assert order == [f"Conv_{i}" for i in range(11)] + ["Dense_0"] and sorted(params) != order
 
 
 def test_bad_arguments_are_one_clear_line():
@@ -214,4 +223,3 @@ def test_bad_arguments_are_one_clear_line():
     attr.occlusion(fn, x, 0, window=(50,))
   with pytest.raises(ValueError, match="must return scores .batch, classes."):
     attr.gradient(lambda z: z.sum(1), x, 0)
-  assert isinstance(nn.intercept_methods, object)

@@ -1,6 +1,7 @@
 """python -m experiments.explain on trained runs: the files it writes, and one line for what does not apply."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -53,12 +54,16 @@ def test_explain_refuses_what_does_not_apply_in_one_line(cnn_run, tmp_path):
       (["grad_cam"], {"layer": "Dense_0"}, "--layer=Dense_0: Grad-CAM needs a layer with spatial axes; those with "
                                            "them: Conv_0, Conv_1"),
       (["saliency"], {}, "--method=saliency: unknown; choose from gradient, gradient_x_input"),
-      (["integrated_gradients"], {"rule": "simpson"}, "--rule: integration method must be one of"),
+      (["integrated_gradients"], {"rule": "simpson"}, "--rule=simpson with 64 steps (--steps, --completeness): "
+                                                      "integration method must be one of"),
+      (["integrated_gradients"], {"rule": "riemann_trapezoid", "completeness": ["1"]},
+       "--rule=riemann_trapezoid with 1 steps (--steps, --completeness): riemann_trapezoid needs steps >= 2"),
+      (["occlusion"], {"window": ["50"]}, "--window=50 is larger than the input [40]"),
       (["integrated_gradients"], {"sanity": "labels"}, "--sanity=labels needs --sanity_workdir"),
       (["occlusion"], {"window": ["3", "3"]}, "--window needs 1 positive integer"),
   ]
   for methods, extra, message in cases:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
       explain.explain(cnn_run, methods, {**opts, **extra}, str(tmp_path))
   with pytest.raises(ConfigError, match=f"--workdir={tmp_path}: no run there"):
     explain.explain(str(tmp_path), ["gradient"], opts)
