@@ -71,7 +71,8 @@ def train_in_process(*args: str, workdir: str) -> dict:
 # worker is left running one of them alone at the end.
 LONGEST_FIRST = ("test_parallel.py::", "test_multihost.py::test_processes_meshes_and_checkpoints_agree",
                  "test_language_modelling.py::test_gpt_run_writes_samples", "test_resume.py::test_killed",
-                 "test_generative_spine.py::test_sample_quality", "test_generative_spine.py::test_each_player")
+                 "test_generative_spine.py::test_sample_quality", "test_generative_spine.py::test_each_player",
+                 "test_explain.py::test_explain_a_language_model")
 
 
 def pytest_collection_modifyitems(items):
