@@ -118,7 +118,7 @@ class Subject:
   prediction: Any  # [n]
   titles: list[str]
   restored: Any
-  train_x: Any = None  # training inputs for baselines (examples only)
+  plain_model: Any = None  # the model as `plain` calls run it (attention computed densely, so it is sown)
   decode: Callable[[Any], list[str]] | None = None
 
   def fn(self, params: Any = None, plain: bool = False, state: Any = None) -> Callable[[Any], Any]:
@@ -168,17 +168,16 @@ def _targets(flag: str, predicted, labels, num: int, what: str):
 
 def subject(restored, *, split: str | None, examples: int, target: str, prompt: str | None, length: int) -> Subject:
   """The model function and the examples of a restored run, by its objective."""
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import data  # pylint: disable=g-import-not-at-top
 
   config, source, model = restored.config, restored.source, restored.model
   split = split or config.eval_split
 
-  plain_model = model
-  if getattr(model, "attention_kernel", "xla") != "xla":  # cuDNN's kernel: the same function, on any platform
-    plain_model = model.clone(attention_kernel="xla")
+  # The same function computed densely: cuDNN's kernel runs on NVIDIA GPUs only, and attention
+  # weights are sown where attention is one dense (or masked) product.
+  dense = {k: v for k, v in (("attention_kernel", "xla"), ("sparse_impl", "masked")) if getattr(model, k, v) != v}
+  plain_model = model.clone(**dense) if dense else model
 
   def forward(params, state, x, plain, **kwargs):
     variables = {"params": params, **(state or {})}
@@ -190,13 +189,12 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
     fn_for = lambda p, plain=False, state=None: (lambda x: forward(p, state, x, plain))
     x, labels = _read_examples(config, source, split, examples)
     x = jnp.asarray(x, jnp.float32)
-    fn = fn_for(restored.params, False, restored.model_state)
-    prediction = np.asarray(jnp.argmax(fn(x), -1))
-    tgt = _targets(target, prediction, labels, int(fn(x[:1]).shape[-1]), "classes")
+    logits = fn_for(restored.params, False, restored.model_state)(x)
+    prediction = np.asarray(jnp.argmax(logits, -1))
+    tgt = _targets(target, prediction, labels, int(logits.shape[-1]), "classes")
     kind = "signal" if x.ndim in (2, 3) else "image"
     titles = [f"#{i} label {labels[i] if labels is not None else '?'} pred {prediction[i]}" for i in range(len(x))]
-    train_x, _ = _read_examples(config, source, config.train_split, 1000)
-    return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored, jnp.asarray(train_x, jnp.float32))
+    return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored, plain_model)
 
   if config.objective == "lm":
     fn_for = lambda p, plain=False, state=None: (lambda t: forward(p, state, t, plain)[:, -1])
@@ -229,7 +227,7 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]
     titles = [f"#{i} next: {decode([tgt[i]])[0]!r} (predicted {decode([prediction[i]])[0]!r}"
               + (f", true {decode([labels[i]])[0]!r})" if labels is not None else ")") for i in range(len(x))]
-    return Subject("tokens", fn_for, x, labels, tgt, prediction, titles, restored, decode=decode)
+    return Subject("tokens", fn_for, x, labels, tgt, prediction, titles, restored, plain_model, decode=decode)
 
   if hasattr(model, "encode") and config.objective in ("elbo", "reconstruction"):
     def fn_for(p, plain=False, state=None):
@@ -248,10 +246,8 @@ def subject(restored, *, split: str | None, examples: int, target: str, prompt: 
     tgt = _targets(target, prediction, None, int(z.shape[-1]), "latent units")
     kind = "signal" if x.ndim in (2, 3) else "image"
     titles = [f"#{i} latent unit {tgt[i]}" for i in range(len(x))]
-    train_x, _ = _read_examples(config, source, config.train_split, 1000)
-    return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored, jnp.asarray(train_x, jnp.float32))
+    return Subject(kind, fn_for, x, labels, tgt, prediction, titles, restored, plain_model)
 
-  del data, jax
   raise ConfigError(f"explain needs a classifier, a language model or an encoder; the run in question has "
                     f"--objective={config.objective}")
 
@@ -271,21 +267,11 @@ def _spatial_ints(flag: list[str], name: str, ndim: int, default: int) -> tuple[
 
 
 def _blurred(x, sigma: float, spatial_axes: tuple[int, ...]):
-  """x blurred with a Gaussian along its spatial axes (edges repeated)."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  """x blurred with a Gaussian of `sigma` positions along its spatial axes (edges repeated)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  if sigma == 0:
-    return x
-  radius = max(1, int(3 * sigma))
-  kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-  kernel = jnp.asarray(kernel / kernel.sum(), x.dtype)
-  for axis in spatial_axes:
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (radius, radius)
-    padded = jnp.moveaxis(jnp.pad(x, pad, mode="edge"), axis, -1)
-    out = jnp.apply_along_axis(lambda v: jnp.convolve(v, kernel, mode="valid"), -1, padded)
-    x = jnp.moveaxis(out, -1, axis)
-  return x
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  sigmas = [sigma if axis in spatial_axes else 0.0 for axis in range(x.ndim)]
+  return ndimage.gaussian_filter(np.asarray(x), sigmas, mode="nearest", truncate=3.0)
 
 
 class Explainer:
@@ -299,12 +285,15 @@ class Explainer:
     self.baseline, self.baselines = None, None
     if s.kind != "tokens":
       spatial = tuple(range(1, s.x.ndim - (1 if s.channels_last else 0)))
+      if opts["baseline"] in ("mean", "train"):  # up to 1,000 training inputs, read only for these
+        config = s.restored.config
+        pool, _ = _read_examples(config, s.restored.source, config.train_split, 1000)
+        pool = jax.numpy.asarray(pool, jax.numpy.float32)
       if opts["baseline"] == "mean":
-        self.baseline = s.train_x.mean(0) if s.train_x is not None else s.x.mean(0)
+        self.baseline = pool.mean(0)
       elif opts["baseline"] == "blur":
         self.baseline = _blurred(s.x, opts["blur"], spatial)
       elif opts["baseline"] == "train":
-        pool = s.train_x if s.train_x is not None else s.x
         pick = jax.random.choice(jax.random.fold_in(self.key, 1), len(pool), (opts["baseline_samples"],),
                                  replace=opts["baseline_samples"] > len(pool))
         self.baselines = pool[pick]
@@ -365,10 +354,7 @@ class Explainer:
 
   def attention(self):
     """Each attention layer's weights for the examples, and their rollout."""
-    model = self.s.restored.model
-    if getattr(model, "attention_kernel", "xla") != "xla" or getattr(model, "sparse_impl", "masked") != "masked":
-      model = model.clone(**{k: v for k, v in (("attention_kernel", "xla"), ("sparse_impl", "masked"))
-                             if hasattr(model, k)})  # the same weights, computed densely so that they are sown
+    model = self.s.plain_model
     variables = {"params": self.s.restored.params, **(self.s.restored.model_state or {})}
     try:
       maps = self.attr.attention_maps(model, variables, self.s.x)
@@ -380,6 +366,7 @@ class Explainer:
   def compute(self, method: str, params=None, x=None, target=None, state=None):
     """(attributions, IG's completeness gaps or None) for the examples (or other x), with the
     run's parameters and model state (or `params`, `state`)."""
+    import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     s, o, attr = self.s, self.o, self.attr
     x, target = s.x if x is None else x, s.target if target is None else target
@@ -402,7 +389,7 @@ class Explainer:
       return attr.integrated_gradients(fn, x, target, baseline=self.baseline, baselines=self.baselines,
                                        steps=o["steps"], method=o["rule"], batch_size=bs)
     if method in ("smoothgrad", "smoothgrad_squared"):
-      return attr.smoothgrad(fn, x, target, jax_key(self.key, 2), samples=o["samples"], noise=o["noise"],
+      return attr.smoothgrad(fn, x, target, jax.random.fold_in(self.key, 2), samples=o["samples"], noise=o["noise"],
                              squared=method == "smoothgrad_squared", batch_size=bs), None
     if method == "occlusion":
       ndim = x.ndim - 1 - (1 if s.channels_last else 0)
@@ -428,11 +415,6 @@ class Explainer:
     out = jax.block_until_ready(run(self.s.x, self.s.target))
     seconds = time.perf_counter() - start
     return out, {"examples_per_s": len(self.s.x) / seconds, "seconds": seconds, "first_call_s": first}
-
-
-def jax_key(key, i):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.random.fold_in(key, i)
 
 
 def _relative_gaps(s: Subject, explainer: Explainer, gaps):
@@ -489,7 +471,7 @@ def faithfulness(explainer: Explainer, maps: dict[str, Any], out: str) -> dict[s
     table[name] = {**(magnitude if by_magnitude else signed), "order": "magnitude" if by_magnitude else "signed",
                    "signed": signed, "magnitude": magnitude}
     deletion_lines[name], insertion_lines[name] = (d_abs, i_abs) if by_magnitude else (d, i)
-  random, d, i = areas(jax.random.uniform(jax_key(explainer.key, 3), s.x.shape))
+  random, d, i = areas(jax.random.uniform(jax.random.fold_in(explainer.key, 3), s.x.shape))
   table["random"] = {**random, "order": "random"}
   deletion_lines["random"], insertion_lines["random"] = d, i
   fractions = np.linspace(0, 1, len(d))
@@ -516,7 +498,7 @@ def sanity_model(explainer: Explainer, methods: list[str], maps: dict[str, Any],
   from experiments import attribution_plots  # pylint: disable=g-import-not-at-top
   s, attr = explainer.s, explainer.attr
   restored = s.restored
-  fresh = restored.model.init(jax_key(explainer.key, 4), s.x[:1])["params"]
+  fresh = restored.model.init(jax.random.fold_in(explainer.key, 4), s.x[:1])["params"]
   result: dict[str, Any] = {"layers": [], "spearman_abs": {m: [] for m in methods},
                             "spearman": {m: [] for m in methods}, "constant_maps": {m: [] for m in methods}}
   order = attr.call_order(s.fn(plain=True), s.x, restored.params)

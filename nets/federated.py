@@ -39,7 +39,8 @@ def _tree_where(cond: jax.Array, a: Params, b: Params) -> Params:
   return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-def _zeros_like(tree: Params) -> Params:
+def zeros_like(tree: Params) -> Params:
+  """Zeros in the shape of `tree` (SCAFFOLD's first control variates)."""
   return jax.tree.map(jnp.zeros_like, tree)
 
 
@@ -142,7 +143,3 @@ def scaffold_server_control(server_control: Params, old: Params, new: Params, nu
   """c + (sampled / N) x mean over the sampled clients of (c_i+ - c_i)."""
   sampled = jax.tree.leaves(old)[0].shape[0]
   return jax.tree.map(lambda c, o, n: c + (sampled / num_clients) * (n - o).mean(0), server_control, old, new)
-
-
-def zeros_like(params: Params) -> Params:
-  return _zeros_like(params)

@@ -97,6 +97,10 @@ def test_fedprox_and_scaffold_reduce_to_fedavg():
   for i in range(3):
     grads = jax.grad(loss_fn)(PARAMS, jax.tree.map(lambda b: b[i, 0], batches), keys[i])
     _close(jax.tree.map(lambda c: c[i], one.control), grads, rtol=1e-4, atol=1e-5)
+  # the server's control moves by (sampled / N) x the clients' mean change: 3 of 12 clients here
+  old = jax.tree.map(lambda z: jnp.stack([z] * 3), zeros)
+  moved = fed.scaffold_server_control(zeros, old, one.control, num_clients=12)
+  _close(moved, jax.tree.map(lambda c: 0.25 * c.mean(0), one.control))
 
 
 def test_dp_clipping_bounds_each_update_and_the_noise_has_the_stated_deviation():

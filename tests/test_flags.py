@@ -108,8 +108,9 @@ def _same_program_as(name: str) -> str | None:
   the configuration of the same dataset builder (mixture2d/ring, mixture2d/grid)."""
   config = _config(name)
   for other in map(os.path.basename, RUNNABLE[:RUNNABLE.index(os.path.join(FLAGS_DIR, name))]):
-    diff = _differences(config, _config(other))
-    if "dataset" in diff and config.dataset.split("/")[0] == _config(other).dataset.split("/")[0]:
+    earlier = _config(other)
+    diff = _differences(config, earlier)
+    if "dataset" in diff and config.dataset.split("/")[0] == earlier.dataset.split("/")[0]:
       diff.discard("dataset")
     if diff <= set(SAME_PROGRAM):
       return other
