@@ -26,6 +26,7 @@ import optax
 from etils import epath
 
 import nets
+from nets import federated
 from experiments import checkpoint, data, optim, runtime
 from experiments.runtime import rewrite
 from experiments import config as config_lib
@@ -42,6 +43,7 @@ class TrainState:
   model_state: Any
   opt_state: Any
   ema_params: Any = None  # with --ema_decay: the parameters' exponential moving average
+  fed: Any = None  # with --fed.algorithm=scaffold: the server's and every client's control variates
 
 
 class Built(NamedTuple):
@@ -142,18 +144,25 @@ def build(config: Config, source: data.Source, platform: str | None = None) -> B
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, example: dict[str, np.ndarray],
-               rng: jax.Array, sharding: Any = None, ema: bool = False) -> TrainState:
+               rng: jax.Array, sharding: Any = None, ema: bool = False, scaffold_clients: int = 0) -> TrainState:
   """Parameters and optimizer state (and, with `ema`, the parameters' moving average, which
-  starts at them), initialised directly in their `sharding` (a pytree like the state, or
-  None: the default device)."""
+  starts at them; with `scaffold_clients`, SCAFFOLD's zero control variates for that many
+  clients), initialised directly in their `sharding` (a pytree like the state, or None: the
+  default device)."""
 
   def init(rng):
     variables = model.init({"params": rng, "dropout": rng}, jnp.asarray(example["x"]), train=False)
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                      opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+                      opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                      fed=federated.scaffold_init(params, scaffold_clients) if scaffold_clients else None)
 
   return jax.jit(init, out_shardings=sharding)(rng)
+
+
+def scaffold_clients(config: Config) -> int:
+  """The clients whose control variates the state keeps: --fed.clients under SCAFFOLD, else 0."""
+  return config.fed.clients if config.fed.on and config.fed.algorithm == "scaffold" else 0
 
 
 def count_params(params: Any) -> int:
@@ -181,7 +190,7 @@ def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
   if ckpts.latest_step() is None:
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
   like = jax.eval_shape(lambda: init_state(built.model, built.tx, source.example, jax.random.key(0),
-                                           ema=bool(config.ema_decay)))
+                                           ema=bool(config.ema_decay), scaffold_clients=scaffold_clients(config)))
   if step is None:  # the newest that can be read (a training run moves unreadable ones aside; this does not)
     state, _ = ckpts.restore_intact(like, move_aside=False)
   else:

@@ -141,7 +141,59 @@ class Runtime(Section):
                                       "in the environment replaces the default).")
 
 
-SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime, Augment)
+@dataclasses.dataclass(frozen=True)
+class Fed(Section):
+  """Federated learning (experiments/federated.py): the training examples split among clients,
+  trained in rounds. One --steps is one round; --optimizer and --learning_rate are the server's
+  (sgd at 1.0: FedAvg's averaging; adam, yogi, adagrad: FedAdam, FedYogi, FedAdagrad). Off by
+  default (--fed.clients=0)."""
+
+  NAME: ClassVar[str] = "fed"
+  clients: int = _field(0, "Clients the training examples are split among (0: not federated).", lower=0)
+  partition: str = _field("iid", "How: iid; shards (McMahan et al.'s pathological non-IID: sorted by label, "
+                          "--fed.shards_per_client shards each); dirichlet (label skew, --fed.alpha); quantity_skew "
+                          "(log-normal sizes, --fed.sigma); roles (text: one client per speaking role, "
+                          "--fed.clients of the roles that say most).",
+                          choices=("iid", "shards", "dirichlet", "quantity_skew", "roles"))
+  shards_per_client: int = _field(2, "--fed.partition=shards: shards each client holds.", lower=1)
+  alpha: float = _field(0.5, "--fed.partition=dirichlet: the concentration (small: few classes per client).")
+  sigma: float = _field(1.0, "--fed.partition=quantity_skew: sigma of the log-normal client sizes.", lower=0.0)
+  clients_per_round: int = _field(10, "Clients sampled (uniformly, without replacement) each round.", lower=1)
+  local_epochs: int = _field(1, "E: passes over its data each sampled client makes per round.", lower=1)
+  local_batch_size: int = _field(10, "B: each client's local batch (0: its whole data, one step per epoch; with "
+                                 "--fed.local_epochs=1 that is FedSGD).", lower=0)
+  local_learning_rate: float = _field(0.1, "The clients' SGD learning rate.", lower=0.0)
+  algorithm: str = _field("fedavg", "Local training: fedavg; fedprox (adds --fed.prox_mu / 2 ||w - w_server||^2); "
+                          "scaffold (control variates kept per client).", choices=("fedavg", "fedprox", "scaffold"))
+  prox_mu: float = _field(0.01, "FedProx's proximal weight mu.", lower=0.0)
+  clip_norm: float = _field(0.0, "DP-FedAvg: clip each client's update to this L2 norm and average with equal "
+                            "weights (0: no clipping; updates weighted by client size).", lower=0.0)
+  noise_multiplier: float = _field(0.0, "DP-FedAvg: Gaussian noise of std noise_multiplier x clip_norm on the sum "
+                                   "of the clipped updates (needs --fed.clip_norm).", lower=0.0)
+  dp_delta: float = _field(0.0, "The delta at which the privacy spent is reported (0: 1 / clients^1.1).", lower=0.0)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.clients and self.clients_per_round > self.clients:
+      raise ConfigError(f"--fed.clients_per_round={self.clients_per_round} exceeds --fed.clients={self.clients}")
+    if self.partition == "dirichlet" and not self.alpha > 0:
+      raise ConfigError(f"--fed.alpha={self.alpha} must be > 0 (the Dirichlet concentration)")
+    if self.noise_multiplier and not self.clip_norm:
+      raise ConfigError(f"--fed.noise_multiplier={self.noise_multiplier} without --fed.clip_norm bounds nothing: "
+                        "noise protects privacy only on clipped updates")
+    if self.dp_delta >= 1:
+      raise ConfigError(f"--fed.dp_delta={self.dp_delta} must be below 1")
+
+  @property
+  def on(self) -> bool:
+    return self.clients > 0
+
+  @property
+  def delta(self) -> float:
+    return self.dp_delta or 1.0 / self.clients ** 1.1
+
+
+SECTIONS: tuple[type[Section], ...] = (Sample, Parallel, Runtime, Augment, Fed)
 
 _data = functools.partial(_field, group="Data")
 _model = functools.partial(_field, group="Model")
@@ -234,6 +286,7 @@ class Config:
   parallel: Parallel = _section(Parallel)
   runtime: Runtime = _section(Runtime)
   augment: Augment = _section(Augment)
+  fed: Fed = _section(Fed)
 
   def __post_init__(self):
     self.validate()
@@ -285,10 +338,29 @@ class Config:
                         "computes every product in that dtype")
     if self.model_hparams.get("attention_kernel") == "cudnn" and self.dtype == "float32":
       raise ConfigError(f"--{self.model}.attention_kernel=cudnn runs in 16 bits: it needs --dtype=bfloat16")
+    if self.fed.on:
+      self._check_federated()
     if self.dataset == "char_text" and self.text_path and not os.path.isfile(os.path.expanduser(self.text_path)):
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
       raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
+
+  def _check_federated(self) -> None:
+    """What federated training cannot take, before any data is read."""
+    if self.objective not in ("classification", "lm"):
+      raise ConfigError(f"--fed.clients trains classifiers and language models; --objective={self.objective} is "
+                        "neither")
+    if self.parallel.mode != "jit":
+      raise ConfigError("--fed.clients shards clients over a device mesh: it needs --parallel.mode=jit")
+    if self.augment.on() or self.ema_decay or self.label_noise:
+      used = self.augment.on() + (["--ema_decay"] if self.ema_decay else []) + (
+          ["--label_noise"] if self.label_noise else [])
+      raise ConfigError(f"{', '.join(used)} do not apply to federated rounds (--fed.clients)")
+    if (self.fed.partition == "roles") != (self.dataset == "char_text"):
+      raise ConfigError(f"--fed.partition={self.fed.partition}: speaking roles are the clients of "
+                        "--dataset=char_text, and char_text's clients are its roles (--fed.partition=roles)")
+    if self.fed.partition == "roles" and self.objective != "lm":
+      raise ConfigError("--fed.partition=roles trains a language model: --objective=lm")
 
   @property
   def _validation_percent(self) -> int:
@@ -446,7 +518,8 @@ def _text(value: Any) -> str:
 # Flags whose change makes another model or other data: a checkpoint of one does not resume
 # as the other (`resume_changes`).
 FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "train_split", "validation_fraction",
-                   "train_examples", "label_noise")
+                   "train_examples", "label_noise", "fed.clients", "fed.partition", "fed.shards_per_client",
+                   "fed.alpha", "fed.sigma", "fed.algorithm")
 
 
 def flag_values(config: Config) -> dict[str, str]:

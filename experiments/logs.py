@@ -65,14 +65,17 @@ class Logger:
   """Writes metrics from process 0 only; every other process's calls do nothing."""
 
   def __init__(self, workdir: str | os.PathLike, total_steps: int, tokens_per_step: int | None = None,
-               start_step: int = 0, ended: bool | None = None):
+               start_step: int = 0, ended: bool | None = None, clients_per_round: int | None = None):
     """A run resumed from `start_step` writes again what its log holds after that step (and,
     when it resumes where it `ended` (default: at `total_steps`), its final evaluation, the
-    rows with test metrics): those rows are dropped, so each step appears once."""
+    rows with test metrics): those rows are dropped, so each step appears once. A federated
+    run's steps are rounds of `clients_per_round` client updates each: its progress line says
+    rounds/s and client updates/s."""
     ended = start_step == total_steps if ended is None else ended
     self.chief = jax.process_index() == 0
     self.total_steps = total_steps
     self.tokens_per_step = tokens_per_step
+    self.clients_per_round = clients_per_round
     if self.chief:
       workdir = epath.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
@@ -116,11 +119,14 @@ class Logger:
     """Prints one line: step, the objective's training metrics, steps/s (tokens/s) and ETA."""
     if not self.chief:
       return
-    parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps}"]
+    unit = "round" if self.clients_per_round else "step"
+    parts = [f"{unit} {step:>{len(str(self.total_steps))}}/{self.total_steps}"]
     parts += [f"{k[len('train/'):]} {fmt_value(v)}" for k, v in metrics.items()
               if k.startswith("train/") and k[len("train/"):] not in _NOT_SHOWN]
     if rate:
-      parts.append(f"{rate:.1f} steps/s")
+      parts.append(f"{rate:.1f} {unit}s/s")
+      if self.clients_per_round:
+        parts.append(f"{rate * self.clients_per_round:,.0f} client updates/s")
       if self.tokens_per_step:
         parts.append(f"{rate * self.tokens_per_step / 1000:.1f}k tok/s")
       parts.append(f"ETA {_fmt_duration(eta)}")

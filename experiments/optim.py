@@ -7,7 +7,7 @@ from typing import Any, Callable
 import jax
 import optax
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lamb", "lion")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "yogi", "lamb", "lion")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "warmup_linear")
 # Optimizers whose weight decay is decoupled from the gradient (Loshchilov & Hutter); for the
 # others --weight_decay adds wd * params to the gradient, i.e. an L2 penalty, as PyTorch does.
@@ -62,6 +62,8 @@ def optimizer(name: str, lr: Callable[[int], float] | float, *, momentum: float 
     opt = optax.rmsprop(lr, decay=b2, eps=eps)  # decay is --b2
   elif name == "adagrad":
     opt = optax.adagrad(lr, eps=eps)
+  elif name == "yogi":
+    opt = optax.yogi(lr, b1=b1, b2=b2, eps=eps)
   elif name == "lamb":
     opt = optax.lamb(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   elif name == "lion":

@@ -30,7 +30,7 @@ from etils import epath
 
 import nets
 from experiments import build as build_lib
-from experiments import checkpoint, data, dispatch, logs, runtime, samples
+from experiments import checkpoint, data, dispatch, federated, logs, runtime, samples
 from experiments import workdir as workdir_lib
 from experiments import feed as feed_lib
 from experiments import config as config_lib
@@ -163,6 +163,7 @@ class Run(NamedTuple):
   state_sharding: Any
   steps: dispatch.Steps
   eval_key: jax.Array
+  clients: federated.Clients | None = None  # a federated run's (--fed.clients)
 
 
 def prepare(config: Config) -> Run:
@@ -170,17 +171,23 @@ def prepare(config: Config) -> Run:
   initial state (invalid model hyperparameters raise ConfigError) and the steps."""
   runtime.prepare_process()
   par = DataParallel(config.parallel.mode, config.parallel.num_devices, config.parallel.mesh)
-  par.check_batch_size(config.batch_size)
+  if config.fed.on:
+    federated.check_devices(config, par)
+    federated.privacy_spent(config, 1)  # (dp-accounting is there)
+  else:
+    par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
   _check_augment(config, source)
-  feed = feed_lib.make(config, source)  # the training split read into memory if it is held on the devices
+  clients = federated.clients(config, source) if config.fed.on else None
+  # the training split read into memory if it is held on the devices
+  feed = federated.ClientFeed(config, clients) if clients else feed_lib.make(config, source)
   data_read_at = time.perf_counter()
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   on_cpu = par.local_devices[0].platform == "cpu"
   built = build_lib.build(config, source, par.local_devices[0].platform)
   init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key,
-                           ema=bool(config.ema_decay))
+                           ema=bool(config.ema_decay), scaffold_clients=build_lib.scaffold_clients(config))
   try:  # invalid model hyperparameters surface when the model is first built
     if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
       state = init(par.replicated)
@@ -190,6 +197,12 @@ def prepare(config: Config) -> Run:
       state = init(state_sharding)
   except ValueError as e:
     raise config_lib.ConfigError(f"--model={config.model}: {e}") from e
+  if clients:  # a step is a federated round
+    federated.check_model(config, state)
+    step = functools.partial(federated.round_step, model=built.model, objective=built.objective, tx=built.tx,
+                             schedule=built.schedule, call=built.call, config=config)
+    steps = dispatch.Steps(config, par, feed, step, state, state_sharding, step_key)
+    return Run(par, source, feed, data_read_at, built, state, state_sharding, steps, eval_key, clients)
   # On the CPU the norms are computed after the logged steps only (see train_step); elsewhere
   # after every step: XLA's GPU runtime reads a cond's predicate back to the host each time.
   step = functools.partial(train_step, model=built.model, objective=built.objective, tx=built.tx,
@@ -345,15 +358,19 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
       misses = start_step // config.eval_every - best.step // config.eval_every
   patience = config.early_stopping_patience
   stopped_early = bool(patience and misses >= patience)
-  tokens_per_step = config.batch_size * config.block_size if source.windows is not None else None
+  tokens_per_step = (config.batch_size * config.block_size if source.windows is not None and not config.fed.on
+                     else None)
   log = logs.Logger(workdir, config.steps, tokens_per_step, start_step,
-                    ended=start_step == config.steps or stopped_early)
+                    ended=start_step == config.steps or stopped_early,
+                    clients_per_round=config.fed.clients_per_round if config.fed.on else None)
   if start_step:
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}"
              + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
   log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, run.state_sharding))
+  if run.clients is not None:
+    log.info(federated.describe(config, run.clients, workdir if jax.process_index() == 0 else None))
 
   p_eval = par.compile(functools.partial(eval_step, model=built.model, objective=built.objective, call=built.call),
                        run.state_sharding, returns_state=False)
@@ -376,8 +393,10 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
 
   def run_eval(step: int, batches: Any = eval_batches) -> dict[str, float]:
     extra = write_samples(evaluated(state), step) if write_samples else {}
+    epsilon = federated.privacy_spent(config, step) if config.fed.on else None
     return {**evaluate(p_eval, evaluated(state), batches, run.eval_key, prefix),
-            **{f"{prefix}/{k}": float(v) for k, v in extra.items()}}
+            **{f"{prefix}/{k}": float(v) for k, v in extra.items()},
+            **({"privacy/epsilon": epsilon} if epsilon is not None else {})}
 
   def once(final_state: TrainState, batches: Any, prefix: str) -> dict[str, float]:  # a split read once
     return evaluate(p_eval, evaluated(final_state), feed_lib.DeviceBatches(batches, par.put_batch, 0),
@@ -501,6 +520,11 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
           "stop_reason": "early_stopping" if stopped_early else "steps"} if best is not None else {}),
       "checkpoint_wait_s": checkpoint_wait_s,  # for the last checkpoint, before the final evaluation
   }
+  if config.fed.on:
+    summary["train_client_updates_per_sec"] = train_steps_per_sec * config.fed.clients_per_round
+    epsilon = federated.privacy_spent(config, step)
+    if epsilon is not None:
+      summary.update({"privacy_epsilon": epsilon, "privacy_delta": config.fed.delta})
   if tokens_per_step:
     summary["train_tokens_per_sec"] = summary["train_steps_per_sec"] * tokens_per_step
   if jax.process_index() == 0:

@@ -44,31 +44,39 @@ def zeros_like(tree: Params) -> Params:
   return jax.tree.map(jnp.zeros_like, tree)
 
 
+def local_training(loss_fn: LossFn, params: Params, batches: Any, active: jax.Array, key: jax.Array, *,
+                   lr: float, mu: float = 0.0, correction: Params | None = None) -> tuple[Params, jax.Array]:
+  """`client_update`'s parameters and the mean loss of its active steps (each before its step)."""
+  steps = active.shape[0]
+
+  def step(carry, inputs):
+    w, total = carry
+    batch, on, i = inputs
+    loss, grad = jax.value_and_grad(loss_fn)(w, batch, jax.random.fold_in(key, i))
+    if mu:
+      grad = jax.tree.map(lambda g, a, b: g + mu * (a - b), grad, w, params)
+    if correction is not None:
+      grad = jax.tree.map(jnp.add, grad, correction)
+    moved = jax.tree.map(lambda a, g: a - lr * g, w, grad)
+    return (_tree_where(on, moved, w), total + jnp.where(on, loss, 0.0)), None
+
+  (final, total), _ = jax.lax.scan(step, (params, jnp.zeros((), jnp.float32)), (batches, active, jnp.arange(steps)))
+  return final, total / jnp.maximum(active.sum(), 1)
+
+
 def client_update(loss_fn: LossFn, params: Params, batches: Any, active: jax.Array, key: jax.Array, *,
                   lr: float, mu: float = 0.0, correction: Params | None = None) -> Params:
   """The client's parameters after its local steps: SGD with learning rate `lr` on each of
   `batches` (a pytree whose leaves have a leading [steps] axis) where `active` [steps] is
   true, plus `mu / 2 ||w - params||^2` (FedProx) and a constant `correction` added to every
   gradient (SCAFFOLD's c - c_i). Step i's randomness is fold_in(key, i)."""
-  steps = active.shape[0]
-
-  def step(w, inputs):
-    batch, on, i = inputs
-    grad = jax.grad(loss_fn)(w, batch, jax.random.fold_in(key, i))
-    if mu:
-      grad = jax.tree.map(lambda g, a, b: g + mu * (a - b), grad, w, params)
-    if correction is not None:
-      grad = jax.tree.map(jnp.add, grad, correction)
-    moved = jax.tree.map(lambda a, g: a - lr * g, w, grad)
-    return _tree_where(on, moved, w), None
-
-  final, _ = jax.lax.scan(step, params, (batches, active, jnp.arange(steps)))
-  return final
+  return local_training(loss_fn, params, batches, active, key, lr=lr, mu=mu, correction=correction)[0]
 
 
 class ClientResult(NamedTuple):
   delta: Params  # each client's final parameters minus the server's: [clients, ...]
   control: Params | None  # SCAFFOLD: each client's new control variate c_i+ (None otherwise)
+  loss: jax.Array  # [clients]: each client's mean training loss over its local steps
 
 
 def run_clients(loss_fn: LossFn, params: Params, batches: Any, active: jax.Array, keys: jax.Array, *, lr: float,
@@ -82,17 +90,16 @@ def run_clients(loss_fn: LossFn, params: Params, batches: Any, active: jax.Array
 
   def one(b, on, key, c_i):
     correction = jax.tree.map(jnp.subtract, server_control, c_i) if scaffold else None
-    final = client_update(loss_fn, params, b, on, key, lr=lr, mu=mu, correction=correction)
+    final, loss = local_training(loss_fn, params, b, on, key, lr=lr, mu=mu, correction=correction)
     delta = jax.tree.map(jnp.subtract, final, params)
     if not scaffold:
-      return delta, None
+      return delta, None, loss
     k = jnp.maximum(on.sum(), 1).astype(jnp.float32)
     new_c = jax.tree.map(lambda ci, c, d: ci - c - d / (k * lr), c_i, server_control, delta)
-    return delta, new_c
+    return delta, new_c, loss
 
   controls = client_controls if scaffold else jnp.zeros(active.shape[0])
-  delta, control = jax.vmap(one)(batches, active, keys, controls)
-  return ClientResult(delta, control)
+  return ClientResult(*jax.vmap(one)(batches, active, keys, controls))
 
 
 def clip(delta: Params, max_norm: float) -> Params:
@@ -137,6 +144,12 @@ def sample_clients(key: jax.Array, num_clients: int, per_round: int) -> jax.Arra
   if not 1 <= per_round <= num_clients:
     raise ValueError(f"cannot sample {per_round} clients per round from {num_clients}")
   return jax.random.choice(key, num_clients, (per_round,), replace=False)
+
+
+def scaffold_init(params: Params, num_clients: int) -> dict[str, Params]:
+  """SCAFFOLD's state: the server's control variate and every client's, all zeros."""
+  return {"server_control": zeros_like(params),
+          "client_controls": jax.tree.map(lambda p: jnp.zeros((num_clients,) + p.shape, p.dtype), params)}
 
 
 def scaffold_server_control(server_control: Params, old: Params, new: Params, num_clients: int) -> Params:
