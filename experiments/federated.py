@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import nets
 from experiments import data, partitions
 from experiments import feed as feed_lib
 from experiments.config import Config, ConfigError
