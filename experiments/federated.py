@@ -168,19 +168,23 @@ def local_batches(key: jax.Array, index: jax.Array, size: jax.Array, *, epochs: 
   return rows.reshape(-1, batch), mask.reshape(-1, batch), active.reshape(-1)
 
 
-def round_step(state: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model: Any, objective: Any,
-               tx: optax.GradientTransformation, schedule: Any, call: Any, config: Config,
-               axis_name: str | None = None) -> tuple[Any, dict[str, jax.Array]]:
-  """One round (module docstring), in the place of `experiments.train.train_step`: `batch`
-  holds every client's examples and this round's sampled clients ("client")."""
-  if axis_name is not None:
-    raise ValueError("federated rounds run under jit over a mesh, not pmap")
+def round_keys(rng: jax.Array, round_: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The keys of round `round_` of a run whose step key is `rng`: the clients' (each folds in
+  its id) and the server's noise."""
+  client_rng, noise_key = jax.random.split(jax.random.fold_in(rng, round_))
+  return client_rng, noise_key
+
+
+def train_clients(config: Config, model: Any, objective: Any, call: Any, params: Any, model_state: Any,
+                  examples: dict[str, jax.Array], index: jax.Array, sizes: jax.Array, ids: jax.Array,
+                  client_rng: jax.Array, server_control: Any = None,
+                  controls: Any = None) -> fed_lib.ClientResult:
+  """The local training of clients `ids` [m] (their example indices `index` [m, slots] into
+  `examples`, and `sizes` [m]) from the server's `params`: one `vmap` over the clients of a
+  `lax.scan` over their steps. Each client's batches and randomness come from
+  fold_in(client_rng, its id) alone, so one client trained anywhere (a Flower client) trains as
+  it does among the others. SCAFFOLD takes the server's and these clients' control variates."""
   f = config.fed
-  rng = jax.random.fold_in(rng, state.step)
-  client_rng, noise_key = jax.random.split(rng)
-  ids = batch["client"]
-  examples = {k: v for k, v in batch.items() if k not in ("client", "client_index", "client_size")}
-  index, sizes = batch["client_index"][ids], batch["client_size"][ids]
   local_batch = f.local_batch_size or index.shape[1]
   keys = jax.vmap(lambda c: jax.random.fold_in(client_rng, c))(ids)
   order_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
@@ -191,27 +195,52 @@ def round_step(state: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model
   def loss_fn(params, b, key):
     model_key, objective_key = jax.random.split(key)
     taken = {name: value[b["rows"]] for name, value in examples.items()}
-    apply = Apply(model, params, state.model_state, model_key, train=True, call=call)
+    apply = Apply(model, params, model_state, model_key, train=True, call=call)
     per_example = objective(apply, taken, objective_key)["loss"]
     per_example = per_example.reshape(per_example.shape[0], -1).mean(-1)
     return jnp.sum(per_example * b["mask"]) / jnp.maximum(b["mask"].sum(), 1)
 
+  return fed_lib.run_clients(loss_fn, params, {"rows": rows, "mask": mask.astype(jnp.float32)}, active, train_keys,
+                             lr=f.local_learning_rate, mu=f.prox_mu if f.algorithm == "fedprox" else 0.0,
+                             server_control=server_control, client_controls=controls)
+
+
+def server_update(config: Config, tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                  deltas: Any, sizes: jax.Array, noise_key: jax.Array) -> tuple[Any, Any, Any]:
+  """The server's move on the clients' changes `deltas` [m, ...]: their average (by size, or
+  clipped and noised) and the optimizer's step. Returns (params, opt_state, average)."""
+  f = config.fed
+  average = fed_lib.aggregate(deltas, sizes.astype(jnp.float32), clip_norm=f.clip_norm or None,
+                              noise_multiplier=f.noise_multiplier, key=noise_key)
+  params, opt_state = fed_lib.server_step(tx, params, opt_state, average)
+  return params, opt_state, average
+
+
+def round_step(state: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model: Any, objective: Any,
+               tx: optax.GradientTransformation, schedule: Any, call: Any, config: Config,
+               axis_name: str | None = None) -> tuple[Any, dict[str, jax.Array]]:
+  """One round (module docstring), in the place of `experiments.train.train_step`: `batch`
+  holds every client's examples and this round's sampled clients ("client")."""
+  if axis_name is not None:
+    raise ValueError("federated rounds run under jit over a mesh, not pmap")
+  f = config.fed
+  client_rng, noise_key = round_keys(rng, state.step)
+  ids = batch["client"]
+  examples = {k: v for k, v in batch.items() if k not in ("client", "client_index", "client_size")}
+  index, sizes = batch["client_index"][ids], batch["client_size"][ids]
   scaffold = f.algorithm == "scaffold"
   controls = jax.tree.map(lambda c: c[ids], state.fed["client_controls"]) if scaffold else None
-  result = fed_lib.run_clients(loss_fn, state.params, {"rows": rows, "mask": mask.astype(jnp.float32)}, active,
-                               train_keys, lr=f.local_learning_rate, mu=f.prox_mu if f.algorithm == "fedprox" else 0.0,
-                               server_control=state.fed["server_control"] if scaffold else None,
-                               client_controls=controls)
-  weights = sizes.astype(jnp.float32)
-  average = fed_lib.aggregate(result.delta, weights, clip_norm=f.clip_norm or None,
-                              noise_multiplier=f.noise_multiplier, key=noise_key)
-  params, opt_state = fed_lib.server_step(tx, state.params, state.opt_state, average)
+  result = train_clients(config, model, objective, call, state.params, state.model_state, examples, index, sizes,
+                         ids, client_rng, state.fed["server_control"] if scaffold else None, controls)
+  params, opt_state, average = server_update(config, tx, state.params, state.opt_state, result.delta, sizes,
+                                             noise_key)
   fed_state = state.fed
   if scaffold:
     fed_state = {"server_control": fed_lib.scaffold_server_control(state.fed["server_control"], controls,
                                                                      result.control, f.clients),
                  "client_controls": jax.tree.map(lambda all_, new: all_.at[ids].set(new),
                                                  state.fed["client_controls"], result.control)}
+  weights = sizes.astype(jnp.float32)
   metrics = {"train/loss": jnp.sum(result.loss * weights) / weights.sum(),
              "train/update_norm": optax.global_norm(average),
              "train/client_update_norm": jnp.mean(jax.vmap(optax.global_norm)(result.delta)),
