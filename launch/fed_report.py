@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 from typing import Any, Sequence
 
@@ -52,19 +53,30 @@ def rounds_to(points: Sequence[tuple[int, float]], target: float) -> int | None:
 
 
 def run_result(run: Run, root: str, metric: str, target: float) -> dict[str, Any] | None:
+  """A finished run's rounds to target, final and test metrics; a run stopped by a non-finite
+  loss counts too (its rounds to target from its curve before it diverged; "diverged" is the
+  round its log names). None for a run not finished."""
   workdir = os.path.join(root, run.name)
-  summary_path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(summary_path):
-    return None
-  with open(summary_path, encoding="utf-8") as f:
-    summary = json.load(f)
   points = curve(workdir, metric)
-  return {"rounds": rounds_to(points, target), "final": summary.get(metric, points[-1][1] if points else math.nan),
-          "test": summary.get("eval/accuracy", math.nan), "epsilon": summary.get("privacy_epsilon"),
-          "steps": summary["step"]}
+  summary_path = os.path.join(workdir, "summary.json")
+  if os.path.exists(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      summary = json.load(f)
+    return {"rounds": rounds_to(points, target), "final": summary.get(metric, points[-1][1] if points else math.nan),
+            "test": summary.get("eval/accuracy", math.nan), "epsilon": summary.get("privacy_epsilon"),
+            "steps": summary["step"], "diverged": None}
+  log = os.path.join(workdir, "run.log")
+  text = open(log, encoding="utf-8").read() if os.path.exists(log) else ""
+  found = re.search(r"(?:loss is (?:nan|inf|-inf) at step|NaN or infinite by step) (\d+)", text)
+  if not found:
+    return None
+  diverged = int(found.group(1))
+  finite = [(step, value) for step, value in points if step < diverged and math.isfinite(value)]
+  return {"rounds": rounds_to(finite, target), "final": math.nan, "test": math.nan, "epsilon": None,
+          "steps": diverged, "diverged": diverged}
 
 
-STATS = ("seeds", "reached", "rounds", "budget", "final", "final_std", "test", "epsilon", "speedup")
+STATS = ("seeds", "reached", "rounds", "budget", "final", "final_std", "test", "epsilon", "speedup", "diverged")
 
 
 def _key(point: dict[str, Any], leave_out: Sequence[str]) -> tuple:
@@ -74,8 +86,9 @@ def _key(point: dict[str, Any], leave_out: Sequence[str]) -> tuple:
 def _rank(results: list[dict[str, Any]]) -> tuple:
   """Fewest rounds to target (over the seeds that reached it, those that did not last), then the best final metric."""
   reached = [r["rounds"] for r in results if r["rounds"] is not None]
+  finals = [r["final"] for r in results if math.isfinite(r["final"])]
   return (-len(reached), statistics.fmean(reached) if reached else math.inf,
-          -statistics.fmean(r["final"] for r in results))
+          -statistics.fmean(finals) if finals else math.inf)
 
 
 def table(sweep_path: str, root: str, metric: str, target: float, choose_over: Sequence[str],
@@ -97,14 +110,16 @@ def table(sweep_path: str, root: str, metric: str, target: float, choose_over: S
   for config, by_choice in groups.items():
     chosen, results = min(by_choice.items(), key=lambda item: _rank(item[1]))
     reached = [r["rounds"] for r in results if r["rounds"] is not None]
-    finals = [r["final"] for r in results]
+    finals = [r["final"] for r in results if math.isfinite(r["final"])]
+    tests = [r["test"] for r in results if math.isfinite(r["test"])]
     rows.append({**dict(config), **dict(chosen), "seeds": len(results), "reached": len(reached),
                  "rounds": statistics.fmean(reached) if reached else None,
                  "budget": max(r["steps"] for r in results),
-                 "final": statistics.fmean(finals),
+                 "final": statistics.fmean(finals) if finals else math.nan,
                  "final_std": statistics.stdev(finals) if len(finals) > 1 else math.nan,
-                 "test": statistics.fmean(r["test"] for r in results),
-                 "epsilon": results[0]["epsilon"]})
+                 "test": statistics.fmean(tests) if tests else math.nan,
+                 "epsilon": results[0]["epsilon"],
+                 "diverged": [r["diverged"] for r in results if r["diverged"] is not None]})
   if baseline:
     for row in rows:
       same = [k for k, _ in _key(row, (*STATS, *choose_over, "variant"))]
@@ -126,10 +141,13 @@ def markdown(rows: list[dict[str, Any]], metric: str, target: float, missing: in
     if r["seeds"] > 1:
       rounds += f" ({r['reached']}/{r['seeds']} seeds)"
     final = f"{100 * r['final']:.1f}%" + (f" ± {100 * r['final_std']:.1f}" if not math.isnan(r["final_std"]) else "")
+    if r["diverged"]:
+      final = (f"{final}; " if math.isfinite(r["final"]) else "") + "diverged at round " + ", ".join(
+          map(str, r["diverged"]))
     cells = [format_value(r[k]) for k in varied] + [rounds]
     if "speedup" in r:
       cells.append(f"{r['speedup']:.1f}x" if r["speedup"] else "-")
-    cells += [final, f"{100 * r['test']:.1f}%"]
+    cells += [final, f"{100 * r['test']:.1f}%" if math.isfinite(r["test"]) else "-"]
     if "epsilon" in head:
       cells.append(f"{r['epsilon']:.2f}" if r["epsilon"] else "-")
     lines.append("| " + " | ".join(cells) + " |")

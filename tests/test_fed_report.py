@@ -37,4 +37,14 @@ def test_rounds_to_target_choice_and_speedup(tmp_path, monkeypatch):
   assert by_variant["E=5, B=10"]["speedup"] == 10.0
   text = fed_report.markdown(rows, "val/accuracy", 0.88, missing)
   assert "| E=5, B=10 | iid | 0.3 | 20 | 10.0x | 88.0% | 93.0% |" in text, text
+  # A run stopped by a NaN counts with its curve before it, and says where it diverged.
+  diverged = runs[("E=20, B=10", "iid", 0.3)]
+  _fake_run(root, diverged, [(10, 0.8), (15, 0.89), (40, float("nan"))], 0.0)
+  os.remove(os.path.join(root, diverged.name, "summary.json"))
+  with open(os.path.join(root, diverged.name, "run.log"), "w") as f:
+    f.write("error: loss is nan at step 37; stopping. No checkpoint was saved before it\n")
+  rows, _ = fed_report.table(SWEEP, root, "val/accuracy", 0.88, ["fed.local_learning_rate"], "FedSGD")
+  row = next(r for r in rows if r["variant"] == "E=20, B=10")
+  assert row["rounds"] == 15 and row["diverged"] == [37]
+  assert "diverged at round 37" in fed_report.markdown(rows, "val/accuracy", 0.88, 0)
   assert fed_report.rounds_to([(5, 0.1), (10, 0.95)], 0.9) == 10 and fed_report.rounds_to([(5, 0.1)], 0.9) is None

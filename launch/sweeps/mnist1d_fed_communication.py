@@ -23,7 +23,7 @@ VARIANTS = {
 SWEEP = Sweep(
     base="experiments/flags/mnist1d_fedavg.flags",
     variants=VARIANTS,
-    grid={"fed.partition": ["iid", "shards"], "fed.local_learning_rate": [0.3, 1.0]},
+    grid={"fed.partition": ["iid", "shards"], "fed.local_learning_rate": [0.1, 0.3, 1.0]},
     flags={"log_every": 100, "checkpoint_every": 500},
     report=Report(metric="val/accuracy", percent=True),
 )
