@@ -174,6 +174,10 @@ class Fed(Section):
 
   def __post_init__(self):
     super().__post_init__()
+    if not self.clients:
+      changed = [f"--fed.{f.name}" for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+      if changed:
+        raise ConfigError(f"{', '.join(changed)} set but --fed.clients=0: federated training is off")
     if self.clients and self.clients_per_round > self.clients:
       raise ConfigError(f"--fed.clients_per_round={self.clients_per_round} exceeds --fed.clients={self.clients}")
     if self.partition == "dirichlet" and not self.alpha > 0:

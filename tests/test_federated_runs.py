@@ -130,6 +130,7 @@ def test_privacy_spent_grows_with_rounds_and_falls_with_noise():
     (dict(clients=5, clients_per_round=2), {"objective": "elbo", "model": "vae"}, "trains classifiers and language"),
     (dict(clients=5, clients_per_round=2), {"parallel": Parallel("pmap")}, "needs --parallel.mode=jit"),
     (dict(clients=5, clients_per_round=2, partition="roles"), {}, "speaking roles are the clients of"),
+    (dict(local_epochs=5), {}, "--fed.local_epochs set but --fed.clients=0"),
 ])
 def test_bad_input_is_refused_before_any_compute(fed, extra, message):
   with pytest.raises(ConfigError, match=message):
