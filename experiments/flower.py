@@ -156,9 +156,12 @@ def _client(flagfile: str) -> _Client:
 
 
 def _client_id(context: Context) -> int:
-  if CLIENT_KEY not in context.node_config:
-    raise ValueError(f"this SuperNode holds no client: start it with --node-config '{CLIENT_KEY}=C'")
-  return int(context.node_config[CLIENT_KEY])
+  """The client a node holds: its --node-config client-id, or under Flower's simulation runtime
+  the partition-id it gives each virtual SuperNode."""
+  for key in (CLIENT_KEY, "partition-id"):
+    if key in context.node_config:
+      return int(context.node_config[key])
+  raise ValueError(f"this SuperNode holds no client: start it with --node-config '{CLIENT_KEY}=C'")
 
 
 client_app = ClientApp()
@@ -177,7 +180,7 @@ def train_round(msg: Message, context: Context) -> Message:
   asked = msg.content["config"]
   if int(asked["client"]) != client:
     raise ValueError(f"a message for client {asked['client']} reached the node of client {client}")
-  node = _client(str(context.run_config["flagfile"]))
+  node = _client(str(context.run_config.get("flagfile") or asked["flagfile"]))
   params = from_record(msg.content["arrays"], node.like)
   delta, loss, size = node.train(params, client, int(asked["round"]))
   return Message(RecordDict({"arrays": to_record(delta),
@@ -252,8 +255,9 @@ def _holders(grid: Grid, asked: list[str], clients: int, deadline: float) -> dic
   return holders
 
 
-def serve(grid: Grid, flagfile: str, out: str, timeout: float) -> None:
-  """The run's rounds over `grid`; writes the final parameters to `out` (.npz)."""
+def serve(grid: Grid, flagfile: str, out: str, timeout: float) -> list[float]:
+  """The run's rounds over `grid`; writes the final parameters to `out` (.npz) and returns each
+  round's seconds (from sending its messages to the server's move)."""
   if not out:
     raise ValueError("--run-config params-out: where to write the final parameters (.npz) is not set")
   config = load_config(flagfile)
@@ -262,10 +266,13 @@ def serve(grid: Grid, flagfile: str, out: str, timeout: float) -> None:
   holders = _holders(grid, asked, config.fed.clients, time.time() + timeout)
   import jax  # pylint: disable=g-import-not-at-top  (after _Server: it sets the process up first)
   from experiments import federated  # pylint: disable=g-import-not-at-top
+  seconds = []
   for round_ in range(config.steps):
     ids = [int(c) for c in federated.sample(config, round_)]
     params = to_record(server.params)
-    asks = [Message(RecordDict({"arrays": params, "config": ConfigRecord({"round": round_, "client": c})}),
+    started = time.perf_counter()
+    asks = [Message(RecordDict({"arrays": params, "config": ConfigRecord({"round": round_, "client": c,
+                                                                          "flagfile": flagfile})}),
                     dst_node_id=holders[c], message_type=MessageType.TRAIN, group_id=str(round_)) for c in ids]
     replies = _pull(grid, list(grid.push_messages(asks)), time.time() + timeout, f"round {round_}")
     by_client = {int(r.content["metrics"]["client"]): r for r in replies}
@@ -275,10 +282,13 @@ def serve(grid: Grid, flagfile: str, out: str, timeout: float) -> None:
     sizes = [int(m["size"]) for m in metrics]
     server.update(round_, deltas, sizes)
     loss = sum(float(m["loss"]) * s for m, s in zip(metrics, sizes)) / sum(sizes)
-    print(f"Flower round {round_ + 1}/{config.steps}: clients {ids}, train/loss {loss:.6g}", flush=True)
+    seconds.append(time.perf_counter() - started)
+    print(f"Flower round {round_ + 1}/{config.steps}: clients {ids}, train/loss {loss:.6g}, {seconds[-1]:.2f} s",
+          flush=True)
   tmp = f"{out}.tmp.npz"
   np.savez(tmp, **{n: np.asarray(x) for n, x in zip(names(server.params), jax.tree.leaves(server.params))})
   os.replace(tmp, out)  # whole, or not at all
+  return seconds
 
 
 server_app = ServerApp()
