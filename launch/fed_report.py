@@ -12,7 +12,7 @@ configuration (the other varied flags), over the sweep's seeds: rounds to target
 many seeds reached it), the final validation metric, the test metric (summary.json's
 eval/accuracy: read once, at the end), and epsilon where the run spent privacy. With
 --baseline=VARIANT (e.g. FedSGD), each row's rounds are also given as that variant's rounds
-divided by them, for the same other flags. Writes ROOT/fed_report.md and prints it.
+divided by them, for the same other flags. Writes ROOT/fed_report.md (and prints it) and ROOT/fed_report.png (the chosen runs' curves).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run_result(run: Run, root: str, metric: str, target: float) -> dict[str, Any
       summary = json.load(f)
     return {"rounds": rounds_to(points, target), "final": summary.get(metric, points[-1][1] if points else math.nan),
             "test": summary.get("eval/accuracy", math.nan), "epsilon": summary.get("privacy_epsilon"),
-            "steps": summary["step"], "diverged": None}
+            "steps": summary["step"], "diverged": None, "curve": points}
   log = os.path.join(workdir, "run.log")
   text = open(log, encoding="utf-8").read() if os.path.exists(log) else ""
   found = re.search(r"(?:loss is (?:nan|inf|-inf) at step|NaN or infinite by step) (\d+)", text)
@@ -73,10 +73,11 @@ def run_result(run: Run, root: str, metric: str, target: float) -> dict[str, Any
   diverged = int(found.group(1))
   finite = [(step, value) for step, value in points if step < diverged and math.isfinite(value)]
   return {"rounds": rounds_to(finite, target), "final": math.nan, "test": math.nan, "epsilon": None,
-          "steps": diverged, "diverged": diverged}
+          "steps": diverged, "diverged": diverged, "curve": finite}
 
 
-STATS = ("seeds", "reached", "rounds", "budget", "final", "final_std", "test", "epsilon", "speedup", "diverged")
+STATS = ("seeds", "reached", "rounds", "budget", "final", "final_std", "test", "epsilon", "speedup", "diverged",
+         "curve", "chosen")
 
 
 def _key(point: dict[str, Any], leave_out: Sequence[str]) -> tuple:
@@ -119,13 +120,43 @@ def table(sweep_path: str, root: str, metric: str, target: float, choose_over: S
                  "final_std": statistics.stdev(finals) if len(finals) > 1 else math.nan,
                  "test": statistics.fmean(tests) if tests else math.nan,
                  "epsilon": results[0]["epsilon"],
-                 "diverged": [r["diverged"] for r in results if r["diverged"] is not None]})
+                 "diverged": [r["diverged"] for r in results if r["diverged"] is not None],
+                 "curve": results[0]["curve"], "chosen": dict(chosen)})
   if baseline:
     for row in rows:
       same = [k for k, _ in _key(row, (*STATS, *choose_over, "variant"))]
       base = next((b for b in rows if b.get("variant") == baseline and all(b.get(k) == row[k] for k in same)), None)
       row["speedup"] = base["rounds"] / row["rounds"] if base and base["rounds"] and row["rounds"] else None
   return rows, missing
+
+
+def plot(path: str, rows: list[dict[str, Any]], metric: str, target: float, title: str = "") -> None:
+  """The chosen configurations' curves (first seed), one panel per value of the flag that is
+  neither the variant nor chosen (e.g. the partition), with the target as a line."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panel_key = next((k for k in rows[0] if k not in STATS and k != "variant" and k not in rows[0]["chosen"]), None)
+  panels = sorted({r.get(panel_key) for r in rows}, key=str)
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+  for ax, value in zip(axes[0], panels):
+    for row in rows:
+      if row.get(panel_key) != value or not row["curve"]:
+        continue
+      steps, values = zip(*row["curve"])
+      name = row.get("variant", "") + "".join(f", {k.split('.')[-1]} {format_value(v)}"
+                                              for k, v in row["chosen"].items())
+      ax.plot(steps, values, label=name, linewidth=1)
+    ax.axhline(target, color="black", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{panel_key.split('.')[-1]} = {format_value(value)}" if panel_key else title, fontsize=10)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def markdown(rows: list[dict[str, Any]], metric: str, target: float, missing: int) -> str:
@@ -164,6 +195,8 @@ def main(argv: list[str]) -> None:
   text = markdown(rows, FLAGS.metric, FLAGS.target, missing)
   with open(os.path.join(root, "fed_report.md"), "w", encoding="utf-8") as f:
     f.write(text)
+  if rows:
+    plot(os.path.join(root, "fed_report.png"), rows, FLAGS.metric, FLAGS.target, name)
   print(text, end="")
 
 
