@@ -8,8 +8,9 @@ among `--fed.clients` clients and whose step is a round (`round_step`):
    devices of the mesh like a batch;
 2. each sampled client trains from the server's parameters on its own examples: E local
    epochs of batches of B, in an order drawn from (seed, round, client), as one `vmap` over
-   clients of a `lax.scan` over local steps (`nets.federated.run_clients`); a client with
-   fewer batches than the largest runs padded steps that change nothing;
+   clients of a `lax.while_loop` over local steps (`nets.federated.run_clients`), which stops
+   with the busiest sampled client: clients of unequal size are padded to the largest, and a
+   client's padded steps change nothing;
 3. the server averages the changes (weighted by client size, or clipped and noised for
    DP-FedAvg) and moves by the run's Optax optimizer (`nets.federated.server_step`).
 
@@ -181,7 +182,7 @@ def train_clients(config: Config, model: Any, objective: Any, call: Any, params:
                   controls: Any = None) -> fed_lib.ClientResult:
   """The local training of clients `ids` [m] (their example indices `index` [m, slots] into
   `examples`, and `sizes` [m]) from the server's `params`: one `vmap` over the clients of a
-  `lax.scan` over their steps. Each client's batches and randomness come from
+  `lax.while_loop` over their steps. Each client's batches and randomness come from
   fold_in(client_rng, its id) alone, so one client trained anywhere (a Flower client) trains as
   it does among the others. SCAFFOLD takes the server's and these clients' control variates."""
   f = config.fed

@@ -3,9 +3,10 @@
 A round samples clients, trains each from the server's parameters on its own data, and moves
 the server by the clients' averaged change. Everything here is a pure function of arrays:
 
-- `client_update`: a client's local SGD as one `lax.scan` over its steps. Clients of unequal
-  size are padded to a common number of steps; a step whose `active` flag is off leaves the
-  parameters exactly as they were (`jnp.where`), so padding changes nothing. FedProx's
+- `client_update`: a client's local SGD over the steps whose `active` flag is on, as one
+  `lax.while_loop`. Clients of unequal size are padded to a common number of steps, and the
+  padded steps are never run: under `vmap` the loop stops with the busiest client of the
+  batch, the others held exactly as they were, so padding changes nothing. FedProx's
   proximal term (Li et al. 2020, `mu`) and SCAFFOLD's control-variate correction
   (Karimireddy et al. 2020) are options of the same loop.
 - `run_clients`: `vmap` of it over the sampled clients (a leading client axis on every
@@ -35,10 +36,6 @@ Params = Any
 LossFn = Callable[[Params, Any, jax.Array], jax.Array]
 
 
-def _tree_where(cond: jax.Array, a: Params, b: Params) -> Params:
-  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
-
-
 def zeros_like(tree: Params) -> Params:
   """Zeros in the shape of `tree` (SCAFFOLD's first control variates)."""
   return jax.tree.map(jnp.zeros_like, tree)
@@ -46,22 +43,28 @@ def zeros_like(tree: Params) -> Params:
 
 def local_training(loss_fn: LossFn, params: Params, batches: Any, active: jax.Array, key: jax.Array, *,
                    lr: float, mu: float = 0.0, correction: Params | None = None) -> tuple[Params, jax.Array]:
-  """`client_update`'s parameters and the mean loss of its active steps (each before its step)."""
-  steps = active.shape[0]
+  """`client_update`'s parameters and the mean loss of its active steps (each before its step).
 
-  def step(carry, inputs):
-    w, total = carry
-    batch, on, i = inputs
+  The active steps run in their order as a `lax.while_loop` of as many iterations as there are:
+  under `vmap` over clients, the loop runs until the busiest client of the batch is done (the
+  others' parameters held as they are by JAX's batched loop), not for every padded step."""
+  count = active.sum()
+  order = jnp.argsort(~active, stable=True)  # the active steps first, in their order
+
+  def step(carry):
+    n, w, total = carry
+    i = order[n]
+    batch = jax.tree.map(lambda b: b[i], batches)
     loss, grad = jax.value_and_grad(loss_fn)(w, batch, jax.random.fold_in(key, i))
     if mu:
       grad = jax.tree.map(lambda g, a, b: g + mu * (a - b), grad, w, params)
     if correction is not None:
       grad = jax.tree.map(jnp.add, grad, correction)
-    moved = jax.tree.map(lambda a, g: a - lr * g, w, grad)
-    return (_tree_where(on, moved, w), total + jnp.where(on, loss, 0.0)), None
+    return n + 1, jax.tree.map(lambda a, g: a - lr * g, w, grad), total + loss
 
-  (final, total), _ = jax.lax.scan(step, (params, jnp.zeros((), jnp.float32)), (batches, active, jnp.arange(steps)))
-  return final, total / jnp.maximum(active.sum(), 1)
+  _, final, total = jax.lax.while_loop(lambda carry: carry[0] < count, step,
+                                       (jnp.zeros((), count.dtype), params, jnp.zeros((), jnp.float32)))
+  return final, total / jnp.maximum(count, 1)
 
 
 def client_update(loss_fn: LossFn, params: Params, batches: Any, active: jax.Array, key: jax.Array, *,
