@@ -28,13 +28,16 @@ from absl import app, flags
 
 from launch.spec import Run, default_root, expand, format_value, load
 
-flags.DEFINE_string("sweep", None, "The sweep file (launch/sweeps/NAME.py).")
-flags.DEFINE_string("root", "", "Folder of the sweep's runs (default: runs/sweeps/NAME).")
-flags.DEFINE_float("target", 0.88, "The metric to reach.")
-flags.DEFINE_string("metric", "val/accuracy", "The metric of metrics.jsonl that is to reach --target.")
-flags.DEFINE_list("choose_over", ["fed.local_learning_rate"], "Varied flags chosen per configuration (fewest rounds "
-                  "to target on validation).")
-flags.DEFINE_string("baseline", "", "A variant whose rounds each row's are compared to (e.g. FedSGD).")
+def define_flags() -> None:
+  flags.DEFINE_string("sweep", None, "The sweep file (launch/sweeps/NAME.py).")
+  flags.DEFINE_string("root", "", "Folder of the sweep's runs (default: runs/sweeps/NAME).")
+  flags.DEFINE_float("target", 0.88, "The metric to reach.")
+  flags.DEFINE_string("metric", "val/accuracy", "The metric of metrics.jsonl that is to reach --target.")
+  flags.DEFINE_list("choose_over", ["fed.local_learning_rate"], "Varied flags chosen per configuration (fewest rounds "
+                    "to target on validation).")
+  flags.DEFINE_string("baseline", "", "A variant whose rounds each row's are compared to (e.g. FedSGD).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -201,5 +204,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("sweep")
   app.run(main)
