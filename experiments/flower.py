@@ -213,8 +213,9 @@ class _Server:
                                                   jnp.asarray(sizes, jnp.int32), noise_key)
 
 
-def _pull(grid: Grid, asked: list[str], deadline: float, what: str) -> list[Message]:
-  """The replies to the messages `asked` (their ids), in that order, waiting until `deadline`."""
+def _pull(grid: Grid, asked: list[str], deadline: float, what: str, poll_s: float = _POLL_S) -> list[Message]:
+  """The replies to the messages `asked` (their ids), in that order, waiting until `deadline`
+  and pulling every `poll_s` seconds."""
   pending, got = set(asked), {}
   while pending:
     for reply in grid.pull_messages(pending):
@@ -226,7 +227,7 @@ def _pull(grid: Grid, asked: list[str], deadline: float, what: str) -> list[Mess
     if pending and time.time() > deadline:
       raise TimeoutError(f"{what}: no reply from {len(pending)} node(s) in time")
     if pending:
-      time.sleep(_POLL_S)
+      time.sleep(poll_s)
   return [got[i] for i in asked]
 
 
@@ -255,9 +256,10 @@ def _holders(grid: Grid, asked: list[str], clients: int, deadline: float) -> dic
   return holders
 
 
-def serve(grid: Grid, flagfile: str, out: str, timeout: float) -> list[float]:
+def serve(grid: Grid, flagfile: str, out: str, timeout: float, poll_s: float = _POLL_S) -> list[float]:
   """The run's rounds over `grid`; writes the final parameters to `out` (.npz) and returns each
-  round's seconds (from sending its messages to the server's move)."""
+  round's seconds (from sending its messages to the server's move). Replies are pulled every
+  `poll_s` seconds."""
   if not out:
     raise ValueError("--run-config params-out: where to write the final parameters (.npz) is not set")
   config = load_config(flagfile)
@@ -274,7 +276,7 @@ def serve(grid: Grid, flagfile: str, out: str, timeout: float) -> list[float]:
     asks = [Message(RecordDict({"arrays": params, "config": ConfigRecord({"round": round_, "client": c,
                                                                           "flagfile": flagfile})}),
                     dst_node_id=holders[c], message_type=MessageType.TRAIN, group_id=str(round_)) for c in ids]
-    replies = _pull(grid, list(grid.push_messages(asks)), time.time() + timeout, f"round {round_}")
+    replies = _pull(grid, list(grid.push_messages(asks)), time.time() + timeout, f"round {round_}", poll_s)
     by_client = {int(r.content["metrics"]["client"]): r for r in replies}
     replies = [by_client[c] for c in ids]  # aggregated in the order the simulation stacks them
     deltas = [from_record(r.content["arrays"], server.params) for r in replies]
