@@ -121,6 +121,9 @@ def test_privacy_spent_grows_with_rounds_and_falls_with_noise():
       dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), 100)
   pld = dp_accounting.pld.PLDAccountant().compose(event).get_epsilon(1 / 100 ** 1.1)
   assert pld <= epsilon(1.0, 100) < 1.5 * pld  # Renyi DP is a little looser than the PLD's bound
+  # One round's Renyi DP scaled by the rounds is the RDP accountant composing them itself.
+  composed = dp_accounting.rdp.RdpAccountant(orders=list(range(2, 257))).compose(event).get_epsilon(1 / 100 ** 1.1)
+  assert epsilon(1.0, 100) == pytest.approx(composed, rel=1e-9)
 
 
 @pytest.mark.parametrize("fed, extra, message", [
