@@ -38,13 +38,15 @@ def test_fedsgd_round_is_one_full_batch_sgd_step(tmp_path, clients):
     np.testing.assert_allclose(a, b, atol=2e-6)
 
 
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, capsys):
   """SCAFFOLD on a Dirichlet partition with DP noise and FedYogi: 4 rounds, or 2 then 2 more
   after a restart, give the very same parameters, control variates and optimizer state."""
   fed = Fed(clients=8, clients_per_round=4, partition="dirichlet", alpha=0.5, algorithm="scaffold", local_epochs=2,
             local_batch_size=8, clip_norm=1.0, noise_multiplier=0.3)
   config = Config(**{**MLP, "checkpoint_every": 2}, fed=fed, optimizer="yogi", learning_rate=0.01, steps=4)
   whole = train.train_and_evaluate(config, tmp_path / "whole")
+  printed = capsys.readouterr().out
+  assert "round 4/4 |" in printed and "rounds/s | " in printed and "client updates/s" in printed, printed
   train.train_and_evaluate(config.replace(steps=2), tmp_path / "split")
   resumed = train.train_and_evaluate(config, tmp_path / "split")
   a = checkpoint.Checkpoints(tmp_path / "whole/checkpoints").restore_raw()
