@@ -222,7 +222,7 @@ class Config:
   data_dir: str = _data("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
   train_split: str = _data("train", "TFDS split to train on.")
   eval_split: str = _data("test", "TFDS split to evaluate on (with --validation_fraction: the test split, "
-                          "evaluated once, at the end).")
+                          "evaluated once, at the end; empty: none, only validation, as in a search's trials).")
   validation_fraction: float = _data(0.0, "Carve this fraction of --train_split (a whole percentage: its last "
                                      "examples) out as a validation split: the evaluations during training use it, "
                                      "and --eval_split is evaluated once, at the end (0: none).", lower=0.0)
@@ -319,6 +319,9 @@ class Config:
                                      abs(self.validation_fraction * 100 - self._validation_percent) > 1e-9):
       raise ConfigError(f"--validation_fraction={self.validation_fraction} must be a whole percentage in (0, 1), "
                         "e.g. 0.1")
+    if not self.eval_split and not self.validation_fraction:
+      raise ConfigError("--eval_split is empty: a run without a test split needs a validation split "
+                        "(--validation_fraction) to evaluate on")
     if (self.validation_fraction or self.train_examples) and "[" in self.train_split:
       raise ConfigError(f"--train_split={self.train_split} is already a slice: --validation_fraction and "
                         "--train_examples slice the whole split")

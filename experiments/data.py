@@ -131,7 +131,7 @@ def _builder(config: Config) -> tfds.core.DatasetBuilder:
 
 def _check_splits(b: tfds.core.DatasetBuilder, config: Config) -> None:
   for split in (config.train_split, config.eval_split):
-    if b.info.splits and split.split("[")[0] not in b.info.splits:
+    if split and b.info.splits and split.split("[")[0] not in b.info.splits:
       raise ConfigError(f"dataset {config.dataset!r} has no split {split!r}; it has {list(b.info.splits)}")
   if config.train_examples and b.info.splits:
     n = b.info.splits[config.train_split].num_examples

@@ -300,12 +300,16 @@ def _write_flagfile(config: Config, workdir: epath.Path, start_step: int, change
       f.write(json.dumps({"step": start_step, "changed": changed}) + "\n")
 
 
-def train_and_evaluate(config: Config, workdir: str | os.PathLike) -> dict[str, Any]:
+def train_and_evaluate(config: Config, workdir: str | os.PathLike,
+                       on_evaluation: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
   Returns the summary (also written to `workdir/summary.json`), or, when stopped by
   SIGTERM or SIGINT, {"stopped": "SIGTERM" or "SIGINT", "step": ...} after saving a
   checkpoint. The workdir is checked and locked before any data is read (`Workdir`).
+  `on_evaluation(step, metrics)` is called after each evaluation during training (a search
+  reports them to its pruner); when it returns True the run stops there, without a final
+  evaluation or summary, and returns {"stopped": "on_evaluation", "step": ...}.
   """
   start_time = time.perf_counter()
   folder = workdir_lib.Workdir(workdir)
@@ -314,12 +318,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike) -> dict[str, 
       folder.check()
       folder.lock()
     try:
-      return _train(config, folder.path, signals, start_time)
+      return _train(config, folder.path, signals, start_time, on_evaluation)
     finally:
       folder.release()
 
 
-def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: float) -> dict[str, Any]:
+def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: float,
+           on_evaluation: Callable[[int, dict[str, float]], bool] | None) -> dict[str, Any]:
   saved = _saved_config(workdir)
   changed = []
   if saved is not None:  # a resumed run: the same model on the same data, before anything is read
@@ -377,7 +382,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
   reading = time.perf_counter()
   # With a validation split, the evaluations during training use it ("val/" metrics) and the
   # test split (--eval_split, "eval/") is read once, after the last step.
-  host_eval_batches = data.eval_batches(config, source)
+  host_eval_batches = data.eval_batches(config, source) if config.eval_split else None  # (none: validation only)
   validating = config.validation_split is not None
   host_periodic = data.EvalBatches(config, source.builder, config.validation_split) if validating else host_eval_batches
   prefix = "val" if validating else "eval"
@@ -408,7 +413,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     chosen = best is not None and best.step is not None  # (a finished run resumed with a new metric has none)
     final_state = best.restore(state) if chosen else state
     metrics = best.metrics if chosen else run_eval(step, final_batches)
-    if validating:
+    if validating and host_eval_batches is not None:
       metrics = {**metrics, **once(final_state, host_eval_batches, "eval")}
     if config.eval_train:
       metrics = {**metrics, **once(final_state, data.EvalBatches(config, source.builder, config.fit_split), "fit")}
@@ -465,6 +470,9 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
             if best is not None:
               stopped_early = watch(step, metrics)
               should_save = should_save or stopped_early
+            if on_evaluation is not None and on_evaluation(step, metrics):
+              log.info(f"Stopped after the evaluation at step {step}, as the caller asked (on_evaluation).")
+              return {"stopped": "on_evaluation", "step": step}
           if should_save:  # checkpoint: only a state whose every number is finite
             if not bool(_finite(state)):
               raise NonFiniteLoss(f"the state became NaN or infinite by step {step}; stopping. {kept()}")
