@@ -192,6 +192,8 @@ class Worker:
     if value is None:
       raise SearchError(f"the trials report no {self.space.metric}; they report "
                         + ", ".join(k for k in summary if k.startswith(("val/", "eval/"))))
+    if not several and summary.get("step") not in trial_steps(self.study, trial):  # the evaluation after the last step
+      trial.report(value, summary["step"])
     step_ms = 1000.0 / summary["train_steps_per_sec"] if summary.get("train_steps_per_sec") else float("nan")
     for key in ("wall_time_s", "train_time_s", "compile_s", "train_steps_per_sec", "step"):
       if key in summary:
