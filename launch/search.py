@@ -34,7 +34,6 @@ if __name__ == "__main__":
   runtime.program_start()  # as experiments.run does: before anything else (it may restart the program once)
 
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -45,6 +44,7 @@ import time
 from typing import Any
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from launch import space as space_lib
 from launch import study as study_lib
@@ -302,6 +302,8 @@ def settings_from_flags(name: str, space: space_lib.Space) -> Settings:
 
 
 def main(argv: list[str]) -> None:
+  if not FLAGS["verbosity"].present:  # our progress lines, not every library's INFO logs (as experiments.run)
+    absl_logging.set_verbosity(absl_logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.space:
@@ -369,5 +371,4 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-  logging.getLogger("absl").setLevel(logging.WARNING)
   app.run(main)
