@@ -219,7 +219,7 @@ def _short(value: Any) -> str:
 
 def worker_command(index: int, python: str = sys.executable) -> list[str]:
   """This command, as worker `index` (no outputs), with the same flags."""
-  argv = [a for a in sys.argv[1:] if not a.startswith(("--workers", "--worker_index", "--backend", "--wait"))]
+  argv = [a for a in sys.argv[1:] if not a.startswith(("--workers", "--worker_index", "--backend", "--wait", "--root"))]
   return [python, "-m", "launch.search", *argv, f"--root={FLAGS_root()}", f"--worker_index={index}"]
 
 

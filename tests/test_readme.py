@@ -16,7 +16,7 @@ from conftest import ROOT
 from experiments import config as config_lib
 
 DOCUMENTS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
-PATH_FLAGS = ("flagfile", "sweep")  # flags whose value is a file of this repository
+PATH_FLAGS = ("flagfile", "sweep", "space")  # flags whose value is a file of this repository
 NOT_ABSL = ("experiments.bench.table",)  # takes a positional file, no flags
 
 
