@@ -318,15 +318,15 @@ def main(argv: list[str]) -> None:
 def _main() -> None:
   name, space = space_lib.load(FLAGS.space)
   root = _ROOT[0] = os.path.abspath(FLAGS.root or os.path.join(REPO, "runs", "search", name))
-  settings = settings_from_flags(name, space)
   from launch import search_results  # pylint: disable=g-import-not-at-top
-  if FLAGS.report or FLAGS.retrain:
-    study = study_lib.open_study(name, root, settings, FLAGS.storage)
+  if FLAGS.report or FLAGS.retrain:  # (with the settings the study was made with)
+    study, settings = study_lib.load_study(name, root, FLAGS.storage)
     if FLAGS.retrain:
       search_results.retrain(study, space, root, [int(s) for s in FLAGS.retrain_seeds], FLAGS.retrain_on_validation)
     else:
       search_results.write(study, space, root, settings)
     return
+  settings = settings_from_flags(name, space)
   budget_s = study_lib.parse_duration(FLAGS.time_budget)
   if not FLAGS.trials and not budget_s:
     raise SearchError("no budget: set --trials=N (> 0) or --time_budget (e.g. 1h)")

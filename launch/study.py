@@ -147,6 +147,20 @@ def open_study(name: str, root: str, settings: Settings, storage: str = "", seed
   return study
 
 
+def load_study(name: str, root: str, storage: str = ""):
+  """An existing study (for its outputs and the retrain), with the settings it was made with."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  kind, where = storage_path(storage, root)
+  if kind == "journal" and not os.path.exists(where):
+    raise SearchError(f"no search in {root} (no {where}): run the search first")
+  try:
+    study = optuna.load_study(study_name=name, storage=open_storage(storage, root))
+  except KeyError:
+    raise SearchError(f"the storage of {root} holds no study {name!r}") from None
+  return study, Settings(**study.user_attrs["settings"])
+
+
 @contextlib.contextmanager
 def file_lock(path: str) -> Iterator[None]:
   """An exclusive fcntl lock on `path` (a shared file system's POSIX locks across machines)."""
@@ -212,7 +226,8 @@ def requeue(study: Any, trial_id: int, max_retry: int = 2) -> None:
   study._storage.set_trial_system_attr(trial_id, DEAD, True)  # pylint: disable=protected-access
   study._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)  # pylint: disable=protected-access
   with _quiet_experimental():  # (Optuna marks the callback experimental)
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, study._storage.get_trial(trial_id))  # pylint: disable=protected-access
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(  # (its pruner's history)
+        study, study._storage.get_trial(trial_id))  # pylint: disable=protected-access
 
 
 @contextlib.contextmanager

@@ -236,6 +236,22 @@ def test_pruned_trials_stop_early_and_are_recorded_pruned(tmp_path):
     assert not os.path.exists(os.path.join(root, t.user_attrs["workdir"], "summary.json"))
 
 
+def test_a_trial_in_its_own_process_is_pruned_by_sigterm(tmp_path):
+  from launch import search  # pylint: disable=g-import-not-at-top
+  name, space = space_lib.load(tiny_space(tmp_path, steps=100))
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  worker = search.Worker(name, space, settings(), root, trial_process="subprocess")
+  worker.study.pruner = optuna.pruners.ThresholdPruner(lower=1.01)
+  worker.work(1, float("inf"))
+  (trial,) = worker.study.trials
+  assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [20]
+  with open(os.path.join(root, trial.user_attrs["workdir"], "run.log"), encoding="utf-8") as f:
+    log = f.read()
+  assert "SIGTERM: saved the checkpoint" in log  # stopped early, its run's checkpoint kept
+  assert not os.path.exists(os.path.join(root, trial.user_attrs["workdir"], "summary.json"))
+
+
 def test_parameter_budget_refuses_before_training(tmp_path):
   from launch import search  # pylint: disable=g-import-not-at-top
   name, space = space_lib.load(tiny_space(tmp_path))
