@@ -87,20 +87,40 @@ class SlurmOptions:
   array_parallel: int = 0  # at most this many array tasks at once (0: no limit)
 
 
-def sbatch_script(name: str, root: str, planned: Sequence[Planned], options: SlurmOptions,
-                  python: str = sys.executable) -> str:
-  """One `sbatch --array` script: array task i runs planned[i] (through srun, so that a run of
-  several tasks is one multi-process run)."""
+def slurm_directives(job_name: str, tasks: int, output: str, options: SlurmOptions) -> list[str]:
+  """The `#SBATCH` options of a job array of `tasks` tasks."""
   throttle = f"%{options.array_parallel}" if options.array_parallel else ""
-  directives = [f"--job-name={name}", f"--array=0-{len(planned) - 1}{throttle}",
-                f"--output={root}/slurm/%A_%a.out", f"--ntasks={options.ntasks_per_run}",
-                f"--cpus-per-task={options.cpus_per_task}", f"--time={options.time}"]
+  directives = [f"--job-name={job_name}", f"--array=0-{tasks - 1}{throttle}", f"--output={output}",
+                f"--ntasks={options.ntasks_per_run}", f"--cpus-per-task={options.cpus_per_task}",
+                f"--time={options.time}"]
   if options.partition:
     directives.append(f"--partition={options.partition}")
   if options.gpus_per_task:
     directives.append(f"--gpus-per-task={options.gpus_per_task}")
   if options.mem:
     directives.append(f"--mem={options.mem}")
+  return directives
+
+
+def sbatch(path: str, dry_run: bool) -> str | None:
+  """Submits the script at `path` (with `dry_run`, prints it instead); returns the job id."""
+  if dry_run:
+    print(open(path, encoding="utf-8").read(), end="")
+    print(f"(dry run: not submitted; sbatch --parsable {path})")
+    return None
+  if not shutil.which("sbatch"):
+    raise SweepError("--backend=slurm needs sbatch on PATH (run on the cluster's login node)")
+  proc = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise SweepError(f"sbatch failed: {proc.stderr.strip()}")
+  return proc.stdout.strip().split(";")[0]
+
+
+def sbatch_script(name: str, root: str, planned: Sequence[Planned], options: SlurmOptions,
+                  python: str = sys.executable) -> str:
+  """One `sbatch --array` script: array task i runs planned[i] (through srun, so that a run of
+  several tasks is one multi-process run)."""
+  directives = slurm_directives(name, len(planned), f"{root}/slurm/%A_%a.out", options)
   runs = "\n".join(f"  {shlex.quote(p.workdir)}" for p in planned)
   return f"""#!/bin/bash
 # Sweep {name}: {len(planned)} runs, one array task each. Written by launch.sweep.
@@ -122,16 +142,9 @@ def submit_slurm(name: str, root: str, planned: Sequence[Planned], options: Slur
   path = os.path.join(root, "slurm", "sweep.sbatch")
   with open(path, "w", encoding="utf-8") as f:
     f.write(sbatch_script(name, root, planned, options))
-  if dry_run:
-    print(open(path, encoding="utf-8").read(), end="")
-    print(f"(dry run: not submitted; sbatch --parsable {path})")
+  job = sbatch(path, dry_run)
+  if job is None:
     return None
-  if not shutil.which("sbatch"):
-    raise SweepError("--backend=slurm needs sbatch on PATH (run on the cluster's login node)")
-  proc = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise SweepError(f"sbatch failed: {proc.stderr.strip()}")
-  job = proc.stdout.strip().split(";")[0]
   with open(os.path.join(root, "slurm", "jobs.jsonl"), "a", encoding="utf-8") as f:
     f.write(json.dumps({"job": job, "runs": [p.run.name for p in planned], "time": time.time()}) + "\n")
   print(f"submitted job array {job} ({len(planned)} tasks): {path}")

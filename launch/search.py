@@ -36,7 +36,6 @@ if __name__ == "__main__":
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 from absl import app, flags
 from absl import logging as absl_logging
 
+from launch import backends
 from launch import space as space_lib
 from launch import study as study_lib
 from launch.spec import REPO, SweepError
@@ -248,14 +248,8 @@ def run_local_workers(n: int) -> int:
 def sbatch_script(name: str, n: int, python: str = sys.executable) -> str:
   """A job array of n tasks, each one worker of the search."""
   root = FLAGS_root()
-  directives = [f"--job-name=search-{name}", f"--array=0-{n - 1}", f"--output={root}/workers/%A_%a.out",
-                "--ntasks=1", f"--cpus-per-task={FLAGS.cpus_per_task}", f"--time={FLAGS.time}"]
-  if FLAGS.partition:
-    directives.append(f"--partition={FLAGS.partition}")
-  if FLAGS.gpus_per_task:
-    directives.append(f"--gpus-per-task={FLAGS.gpus_per_task}")
-  if FLAGS.mem:
-    directives.append(f"--mem={FLAGS.mem}")
+  options = backends.SlurmOptions(FLAGS.partition, FLAGS.time, 1, FLAGS.cpus_per_task, FLAGS.gpus_per_task, FLAGS.mem)
+  directives = backends.slurm_directives(f"search-{name}", n, f"{root}/workers/%A_%a.out", options)
   command = shlex.join(worker_command(0, python)[:-1]) + ' --worker_index="$SLURM_ARRAY_TASK_ID"'
   return (f"#!/bin/bash\n# Search {name}: {n} workers sharing one study. Written by launch.search.\n"
           + "".join(f"#SBATCH {d}\n" for d in directives) + f"set -euo pipefail\ncd {shlex.quote(REPO)}\n{command}\n")
@@ -266,17 +260,9 @@ def submit_slurm(name: str, n: int) -> str | None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     f.write(sbatch_script(name, n))
-  if FLAGS.dry_run:
-    print(open(path, encoding="utf-8").read(), end="")
-    print(f"(dry run: not submitted; sbatch --parsable {path})")
-    return None
-  if not shutil.which("sbatch"):
-    raise SearchError("--backend=slurm needs sbatch on PATH (run on the cluster's login node)")
-  proc = subprocess.run(["sbatch", "--parsable", path], capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise SearchError(f"sbatch failed: {proc.stderr.strip()}")
-  job = proc.stdout.strip().split(";")[0]
-  print(f"submitted job array {job} ({n} workers): {path}", flush=True)
+  job = backends.sbatch(path, FLAGS.dry_run)
+  if job:
+    print(f"submitted job array {job} ({n} workers): {path}", flush=True)
   return job
 
 

@@ -143,10 +143,7 @@ def plot_pareto(rs: list[dict[str, Any]], space: space_lib.Space, root: str) -> 
   done = [r for r in rs if r["state"] == "complete" and r["num_params"]]
   if not done:
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _pyplot().subplots(figsize=(6, 4))
   pruned = [r for r in rs if r["state"] == "pruned" and r["num_params"] and not math.isnan(r["value"])]
   ax.scatter([r["num_params"] for r in pruned], [r["value"] for r in pruned], facecolors="none",
              edgecolors="tab:gray", s=18, label="pruned (last evaluation)")
@@ -159,11 +156,7 @@ def plot_pareto(rs: list[dict[str, Any]], space: space_lib.Space, root: str) -> 
   ax.set_ylabel(space.metric)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  path = os.path.join(root, "pareto.png")
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, os.path.join(root, "pareto.png"))
 
 
 def progress(study: Any, space: space_lib.Space) -> list[tuple[int, float, float]]:
@@ -187,10 +180,7 @@ def plot_progress(study: Any, space: space_lib.Space, root: str) -> str | None:
   points = progress(study, space)
   if not points:
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+  fig, axes = _pyplot().subplots(1, 2, figsize=(9, 3.5), sharey=True)
   axes[0].step(range(1, len(points) + 1), [p[2] for p in points], where="post")
   axes[0].set_xlabel("trials completed")
   axes[1].step([p[1] / 60 for p in points], [p[2] for p in points], where="post")
@@ -198,10 +188,20 @@ def plot_progress(study: Any, space: space_lib.Space, root: str) -> str | None:
   axes[0].set_ylabel(f"best {space.metric} so far")
   for ax in axes:
     ax.grid(alpha=0.3)
+  return _save(fig, os.path.join(root, "progress.png"))
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path: str) -> str:
   fig.tight_layout()
-  path = os.path.join(root, "progress.png")
   fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _pyplot().close(fig)
   return path
 
 

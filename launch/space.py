@@ -29,13 +29,12 @@ line naming the choice.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import random as random_lib
 from typing import Any, Callable, Mapping, Sequence
 
-from launch.spec import REPO, SweepError, expand_flagfile, format_value
+from launch.spec import REPO, SweepError, expand_flagfile, format_value, load_file
 
 
 class SpaceError(SweepError):
@@ -230,18 +229,4 @@ def trial_lines(space: Space, chosen: Mapping[str, Any], extra: Mapping[str, Any
 
 def load(path: str) -> tuple[str, Space]:
   """The space's name (its file name) and its SPACE."""
-  if not os.path.isfile(path):
-    raise SpaceError(f"--space={path!r}: no such file")
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f"launch_space_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-  except SweepError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  (a space file is user code)
-    raise SpaceError(f"{path}: {type(e).__name__}: {e}") from None
-  space = getattr(module, "SPACE", None)
-  if not isinstance(space, Space):
-    raise SpaceError(f"{path} must define SPACE = launch.space.Space(...)")
-  return name, space
+  return load_file(path, "space", "SPACE", Space, SpaceError)

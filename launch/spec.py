@@ -229,18 +229,29 @@ def expand(sweep: Sweep) -> list[Run]:
   return runs
 
 
+def load_file(path: str, flag: str, name: str, kind: type, error: type[SweepError] = SweepError) -> tuple[str, Any]:
+  """Runs a Python file (a sweep or a space) and returns its stem and its `name` (an instance
+  of `kind`); `error` (one line) if it is missing, fails, or defines no such thing."""
+  if not os.path.isfile(path):
+    raise error(f"--{flag}={path!r}: no such file")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"launch_{flag}_{stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SweepError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (user code)
+    raise error(f"{path}: {type(e).__name__}: {e}") from None
+  value = getattr(module, name, None)
+  if not isinstance(value, kind):
+    raise error(f"{path} must define {name} = {kind.__module__}.{kind.__name__}(...)")
+  return stem, value
+
+
 def load(path: str) -> tuple[str, Sweep]:
   """The sweep's name (its file name) and its SWEEP."""
-  if not os.path.isfile(path):
-    raise SweepError(f"--sweep={path!r}: no such file")
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f"launch_sweep_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  sweep = getattr(module, "SWEEP", None)
-  if not isinstance(sweep, Sweep):
-    raise SweepError(f"{path} must define SWEEP = launch.spec.Sweep(...)")
-  return name, sweep
+  return load_file(path, "sweep", "SWEEP", Sweep)
 
 
 def expand_flagfile(path: str, seen: tuple[str, ...] = ()) -> list[str]:
