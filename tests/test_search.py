@@ -164,7 +164,7 @@ def test_pareto_front():
 def searched(tmp_path_factory):
   """A search of 3 trials in this process, with every evaluation split the runs read recorded."""
   from experiments import data  # pylint: disable=g-import-not-at-top
-  from launch import search  # pylint: disable=g-import-not-at-top
+  from launch import worker as worker_lib  # pylint: disable=g-import-not-at-top
   tmp = tmp_path_factory.mktemp("search")
   name, space = space_lib.load(tiny_space(tmp))
   root = str(tmp / "root")
@@ -178,7 +178,7 @@ def searched(tmp_path_factory):
   data.EvalBatches.__init__ = spy
   try:
     os.makedirs(root)
-    worker = search.Worker(name, space, settings(), root, seed=1)
+    worker = worker_lib.Worker(name, space, settings(), root, seed=1)
     worker.work(3, float("inf"))
   finally:
     data.EvalBatches.__init__ = original
@@ -219,11 +219,11 @@ def test_the_final_retrain_reads_the_test_split_once(searched):
 
 
 def test_pruned_trials_stop_early_and_are_recorded_pruned(tmp_path):
-  from launch import search  # pylint: disable=g-import-not-at-top
+  from launch import worker as worker_lib  # pylint: disable=g-import-not-at-top
   name, space = space_lib.load(tiny_space(tmp_path, steps=100))
   root = str(tmp_path / "root")
   os.makedirs(root)
-  worker = search.Worker(name, space, settings(), root)
+  worker = worker_lib.Worker(name, space, settings(), root)
   worker.study.pruner = optuna.pruners.ThresholdPruner(lower=1.01)  # (no accuracy reaches it: prune at once)
   worker.work(2, float("inf"))
   trials = worker.study.trials
@@ -237,11 +237,11 @@ def test_pruned_trials_stop_early_and_are_recorded_pruned(tmp_path):
 
 
 def test_a_trial_in_its_own_process_is_pruned_by_sigterm(tmp_path):
-  from launch import search  # pylint: disable=g-import-not-at-top
+  from launch import worker as worker_lib  # pylint: disable=g-import-not-at-top
   name, space = space_lib.load(tiny_space(tmp_path, steps=100))
   root = str(tmp_path / "root")
   os.makedirs(root)
-  worker = search.Worker(name, space, settings(), root, trial_process="subprocess")
+  worker = worker_lib.Worker(name, space, settings(), root, trial_process="subprocess")
   worker.study.pruner = optuna.pruners.ThresholdPruner(lower=1.01)
   worker.work(1, float("inf"))
   (trial,) = worker.study.trials
@@ -253,12 +253,12 @@ def test_a_trial_in_its_own_process_is_pruned_by_sigterm(tmp_path):
 
 
 def test_parameter_budget_refuses_before_training(tmp_path):
-  from launch import search  # pylint: disable=g-import-not-at-top
+  from launch import worker as worker_lib  # pylint: disable=g-import-not-at-top
   name, space = space_lib.load(tiny_space(tmp_path))
   root = str(tmp_path / "root")
   os.makedirs(root)
   # width 4: 338 parameters, width 8: 858 (3 convolutions and a 10-way head on 5 positions)
-  worker = search.Worker(name, space, settings(max_params=500), root, seed=3)
+  worker = worker_lib.Worker(name, space, settings(max_params=500), root, seed=3)
   worker.work(2, float("inf"))
   c = study_lib.counts(worker.study)
   assert c["complete"] == 2 and c["refused"] >= 1
