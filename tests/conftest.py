@@ -70,7 +70,7 @@ def train_in_process(*args: str, workdir: str) -> dict:
 # The longest tests (30-100 s each on 2 cores) start first, so that with `-n 2` neither
 # worker is left running one of them alone at the end.
 LONGEST_FIRST = ("test_flower.py::", "test_parallel.py::", "test_multihost.py::test_processes_meshes_and_checkpoints_agree",
-                 "test_language_modelling.py::test_gpt_run_writes_samples", "test_resume.py::test_killed",
+                 "test_language_modelling.py::test_gpt_run_writes_samples", "test_resume.py::test_killed", "test_search.py::test_killed", "test_search.py::test_two_workers",
                  "test_generative_spine.py::test_sample_quality", "test_generative_spine.py::test_each_player",
                  "test_explain.py::test_explain_a_language_model")
 
