@@ -152,6 +152,10 @@ def plot_pareto(rs: list[dict[str, Any]], space: space_lib.Space, root: str) -> 
   ax.plot([done[i]["num_params"] for i in front], [done[i]["value"] for i in front], "-o", color="tab:red", ms=4,
           label="Pareto front")
   ax.set_xscale("log")
+  ticker = _pyplot().matplotlib.ticker
+  ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # 1,000 2,000 5,000 ...
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
   ax.set_xlabel("parameters")
   ax.set_ylabel(space.metric)
   ax.legend(fontsize=8)
