@@ -112,7 +112,8 @@ def make_sampler(settings: Settings, seed: int):
     return optuna.samplers.NSGAIISampler(seed=seed)
   # TPE over the choices jointly, grouped by which choices a trial made (conditional spaces);
   # with several workers, running trials count as their likely outcome (constant liar).
-  return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+  with _quiet_experimental():  # (Optuna marks these options experimental)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
 def make_pruner(settings: Settings, eval_every: int, steps: int):
