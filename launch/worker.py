@@ -51,6 +51,10 @@ class Worker:
         refused = self.run(trial)
       finally:
         lock.release()
+      if refused:  # never trained: no folder left behind
+        folder = study_lib.trial_dir(self.root, trial)
+        os.remove(os.path.join(folder, ".trial.lock"))
+        os.rmdir(folder)
       refused_in_a_row = refused_in_a_row + 1 if refused else 0
       if refused_in_a_row >= 1000:
         raise SearchError(f"1000 trials in a row had more than --max_params={self.settings.max_params} parameters: "
