@@ -222,7 +222,11 @@ def retrain(study: Any, space: space_lib.Space, root: str, seeds: Sequence[int],
   chosen = space.choose(space_lib.RandomChooser(None, trial.params))  # the trial's choices, as flags
   runs = []
   for seed in seeds:
-    extra = {**space.retrain_flags, "seed": seed, **({"validation_fraction": 0} if on_validation else {})}
+    # On train + validation nothing is held out to watch: evaluate only after the last step,
+    # when the test split is read (otherwise the evaluations during training are on validation).
+    extra = {**space.retrain_flags, "seed": seed,
+             **({"validation_fraction": 0, "eval_every": 0, "best_metric": "", "early_stopping_patience": 0}
+                if on_validation else {})}
     workdir = os.path.join(root, "retrain", f"seed={seed}")
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "retrain.flags")

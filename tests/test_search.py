@@ -216,6 +216,9 @@ def test_the_final_retrain_reads_the_test_split_once(searched):
   with open(os.path.join(root, "retrain", "seed=0", "flags.flags"), encoding="utf-8") as f:
     flags = f.read()
   assert "--validation_fraction=0.0\n" in flags and "--eval_split=test\n" in flags and "--steps=40\n" in flags
+  assert "--eval_every=0\n" in flags  # the test split read after the last step only
+  with open(os.path.join(root, "retrain", "seed=0", "metrics.jsonl"), encoding="utf-8") as f:
+    assert [json.loads(line)["step"] for line in f if "eval/accuracy" in line] == [40]
 
 
 def test_pruned_trials_stop_early_and_are_recorded_pruned(tmp_path):
