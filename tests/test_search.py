@@ -272,6 +272,23 @@ def test_parameter_budget_refuses_before_training(tmp_path):
       assert not os.path.exists(os.path.join(root, t.user_attrs["workdir"]))
 
 
+def test_two_objectives_give_a_pareto_front(tmp_path):
+  from launch import worker as worker_lib  # pylint: disable=g-import-not-at-top
+  name, space = space_lib.load(tiny_space(tmp_path))
+  root = str(tmp_path / "root")
+  os.makedirs(root)
+  chosen = settings(sampler="nsga2", second="num_params")
+  worker = worker_lib.Worker(name, space, chosen, root, seed=2)
+  worker.work(3, float("inf"))
+  trials = worker.study.trials
+  assert [t.values[1] for t in trials] == [t.user_attrs["num_params"] for t in trials]
+  front = {t.number for t in worker.study.best_trials}
+  points = [(t.values[1], t.values[0]) for t in trials]
+  assert front == {trials[i].number for i in search_results.pareto_front(points, maximize=True)}
+  search_results.write(worker.study, space, root, chosen)
+  assert os.path.exists(os.path.join(root, "pareto.png"))
+
+
 def _study(root, name="tiny", sampler="random"):
   return study_lib.open_study(name, root, settings(name, sampler))
 
