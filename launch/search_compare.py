@@ -66,7 +66,7 @@ def main(argv):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, runs in strategies.items():
       curves = np.array([[best_at(p, t) if best_at(p, t) is not None else np.nan for t in grid] for p, _ in runs])
-      valid = ~np.all(np.isnan(curves), axis=0)
+      valid = ~np.any(np.isnan(curves), axis=0)  # from when every search has a trial done
       mean = np.nanmean(curves[:, valid], axis=0)
       line, = ax.plot(grid[valid] / 60, mean, label=f"{label} ({len(runs)} searches)")
       ax.fill_between(grid[valid] / 60, np.nanmin(curves[:, valid], axis=0), np.nanmax(curves[:, valid], axis=0),
