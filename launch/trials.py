@@ -13,6 +13,7 @@ flags.flags, checkpoints, metrics.jsonl, TensorBoard events and, when it finishe
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -42,7 +43,6 @@ class Diverged(Exception):
 def count_params(config: Any) -> int:
   """The parameters of `config`'s model on its data, from shapes only (nothing is initialised).
   Raises ConfigError when the model does not fit the data (e.g. too many strides)."""
-  import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import build as build_lib, config as config_lib, data  # pylint: disable=g-import-not-at-top
   source = data.load(config)
@@ -74,11 +74,18 @@ class InProcess:
     return summary
 
 
-def _die_with_parent() -> None:  # (Linux) a killed search leaves no trial running on its own
+def _libc():
   try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except OSError:
-    pass
+    return ctypes.CDLL("libc.so.6", use_errno=True)
+  except OSError:  # not glibc Linux
+    return None
+
+
+def _die_with_parent(libc) -> None:
+  """(Linux) a killed search leaves no trial running on its own: PR_SET_PDEATHSIG. Runs in the
+  forked child before exec, so libc is loaded in the parent (no dlopen after fork)."""
+  if libc is not None:
+    libc.prctl(1, signal.SIGKILL)
 
 
 class Subprocess:
@@ -96,8 +103,9 @@ class Subprocess:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     seen = _count_lines(metrics_path)  # a resumed trial's earlier evaluations were reported before
     with open(os.path.join(workdir, "run.log"), "a", encoding="utf-8") as log:
+      libc = _libc()
       proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,  # pylint: disable=subprocess-popen-preexec-fn
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=functools.partial(_die_with_parent, libc))
       pruned = False
       try:
         while True:
