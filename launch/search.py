@@ -94,27 +94,20 @@ FLAGS = flags.FLAGS
 
 # --- launching workers ---------------------------------------------------------------------------
 
-def worker_command(index: int, python: str = sys.executable) -> list[str]:
-  """This command, as worker `index` (no outputs), with the same flags."""
+def worker_command(index: int, root: str, python: str = sys.executable) -> list[str]:
+  """This command, as worker `index` (no outputs) of the search in `root`, with the same flags."""
   argv = [a for a in sys.argv[1:] if not a.startswith(("--workers", "--worker_index", "--backend", "--wait", "--root"))]
-  return [python, "-m", "launch.search", *argv, f"--root={FLAGS_root()}", f"--worker_index={index}"]
+  return [python, "-m", "launch.search", *argv, f"--root={root}", f"--worker_index={index}"]
 
 
-def FLAGS_root() -> str:  # pylint: disable=invalid-name
-  return _ROOT[0]
-
-
-_ROOT = [""]
-
-
-def run_local_workers(n: int) -> int:
+def run_local_workers(n: int, root: str) -> int:
   """Starts n worker processes here; each logs to ROOT/workers/N.log. Returns how many failed."""
-  os.makedirs(os.path.join(FLAGS_root(), "workers"), exist_ok=True)
+  os.makedirs(os.path.join(root, "workers"), exist_ok=True)
   procs = []
   for i in range(n):
-    log = open(os.path.join(FLAGS_root(), "workers", f"{i}.log"), "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    procs.append((subprocess.Popen(worker_command(i), cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
-  print(f"{n} workers started; their logs: {FLAGS_root()}/workers/", flush=True)
+    log = open(os.path.join(root, "workers", f"{i}.log"), "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    procs.append((subprocess.Popen(worker_command(i, root), cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+  print(f"{n} workers started; their logs: {root}/workers/", flush=True)
   failed = 0
   for proc, log in procs:
     failed += proc.wait() != 0
@@ -122,21 +115,20 @@ def run_local_workers(n: int) -> int:
   return failed
 
 
-def sbatch_script(name: str, n: int, python: str = sys.executable) -> str:
+def sbatch_script(name: str, n: int, root: str, python: str = sys.executable) -> str:
   """A job array of n tasks, each one worker of the search."""
-  root = FLAGS_root()
   options = backends.SlurmOptions(FLAGS.partition, FLAGS.time, 1, FLAGS.cpus_per_task, FLAGS.gpus_per_task, FLAGS.mem)
   directives = backends.slurm_directives(f"search-{name}", n, f"{root}/workers/%A_%a.out", options)
-  command = shlex.join(worker_command(0, python)[:-1]) + ' --worker_index="$SLURM_ARRAY_TASK_ID"'
+  command = shlex.join(worker_command(0, root, python)[:-1]) + ' --worker_index="$SLURM_ARRAY_TASK_ID"'
   return (f"#!/bin/bash\n# Search {name}: {n} workers sharing one study. Written by launch.search.\n"
           + "".join(f"#SBATCH {d}\n" for d in directives) + f"set -euo pipefail\ncd {shlex.quote(REPO)}\n{command}\n")
 
 
-def submit_slurm(name: str, n: int) -> str | None:
-  path = os.path.join(FLAGS_root(), "workers", "search.sbatch")
+def submit_slurm(name: str, n: int, root: str) -> str | None:
+  path = os.path.join(root, "workers", "search.sbatch")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
-    f.write(sbatch_script(name, n))
+    f.write(sbatch_script(name, n, root))
   job = backends.sbatch(path, FLAGS.dry_run)
   if job:
     print(f"submitted job array {job} ({n} workers): {path}", flush=True)
@@ -180,7 +172,7 @@ def main(argv: list[str]) -> None:
 
 def _main() -> None:
   name, space = space_lib.load(FLAGS.space)
-  root = _ROOT[0] = os.path.abspath(FLAGS.root or os.path.join(REPO, "runs", "search", name))
+  root = os.path.abspath(FLAGS.root or os.path.join(REPO, "runs", "search", name))
   from launch import search_results  # pylint: disable=g-import-not-at-top
   if FLAGS.report or FLAGS.retrain:  # (with the settings the study was made with)
     study, settings = study_lib.load_study(name, root, FLAGS.storage)
@@ -218,14 +210,14 @@ def _main() -> None:
   elif FLAGS.backend == "local":
     if FLAGS.dry_run:
       for i in range(FLAGS.workers):
-        print(shlex.join(worker_command(i)))
+        print(shlex.join(worker_command(i, root)))
       return
-    failed = run_local_workers(FLAGS.workers)
+    failed = run_local_workers(FLAGS.workers, root)
     if failed:
       print(f"{failed} worker(s) failed: see {root}/workers/", file=sys.stderr)
     study = study_lib.open_study(name, root, settings, FLAGS.storage)
   else:
-    job = submit_slurm(name, FLAGS.workers)
+    job = submit_slurm(name, FLAGS.workers, root)
     if not job or not FLAGS.wait:
       return
     wait_for_job(job)

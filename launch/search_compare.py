@@ -65,7 +65,7 @@ def main(argv):
     grid = np.linspace(0, end, 200)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, runs in strategies.items():
-      curves = np.array([[best_at(p, t) if best_at(p, t) is not None else np.nan for t in grid] for p, _ in runs])
+      curves = np.array([[np.nan if (v := best_at(p, t)) is None else v for t in grid] for p, _ in runs])
       valid = ~np.any(np.isnan(curves), axis=0)  # from when every search has a trial done
       mean = np.nanmean(curves[:, valid], axis=0)
       line, = ax.plot(grid[valid] / 60, mean, label=f"{label} ({len(runs)} searches)")

@@ -201,7 +201,7 @@ def check(space: Space, count: int = 64, seed: int = 0) -> int:
   for i, forced in enumerate(probes(space, count, seed)):
     params, _, chosen = sample(space, seed + 10_000 + i, forced)
     try:
-      config = config_of(space.lines(chosen, {"eval_split": ""} if _validating(space, chosen) else {}))
+      config = config_of(trial_lines(space, chosen))
     except (ConfigError, flags.Error) as e:
       what = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
       raise SpaceError(f"the space's sample ({what}) is not a valid run: {' '.join(str(e).split())}") from None
@@ -213,18 +213,12 @@ def check(space: Space, count: int = 64, seed: int = 0) -> int:
   return checked
 
 
-def _validating(space: Space, chosen: Mapping[str, Any]) -> bool:
-  """Whether the space's runs have a validation split carved from training (then a trial
-  runs with no test split)."""
-  lines = space.lines(chosen)
-  fractions = [line.split("=", 1)[1] for line in lines if line.startswith("--validation_fraction=")]
-  return bool(fractions) and float(fractions[-1]) > 0
-
-
 def trial_lines(space: Space, chosen: Mapping[str, Any], extra: Mapping[str, Any] = ()) -> list[str]:
-  """A search trial's flag lines: the space's with the test split off when a validation split
-  is carved from training (`--eval_split=` empty: the test split is never read)."""
-  return space.lines(chosen, {**({"eval_split": ""} if _validating(space, chosen) else {}), **dict(extra)})
+  """A search trial's flag lines: the space's, with the test split off (`--eval_split=` empty:
+  never read) when a validation split is carved from training."""
+  lines = space.lines(chosen, extra)
+  fractions = [line.split("=", 1)[1] for line in lines if line.startswith("--validation_fraction=")]
+  return lines + (["--eval_split="] if fractions and float(fractions[-1]) > 0 else [])
 
 
 def load(path: str) -> tuple[str, Space]:
