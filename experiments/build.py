@@ -8,7 +8,7 @@ for generative models (`data_shape`, `data_dim`, `image_size`, `channels`) and a
 discriminator's `pack` (the objective's). The objective gets `vocab_size` and `data_shape`
 where it has them. An objective with `param_groups` (a GAN's "generator" and
 "discriminator") gets one optimizer per group, keyed by the top-level parameter names, in
-one optimizer state.
+one optimizer state. `--freeze`d parameters get zero updates (`experiments.finetune`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from etils import epath
 
 import nets
 from nets import federated
-from experiments import checkpoint, data, optim, runtime
+from experiments import checkpoint, data, finetune, optim, runtime
 from experiments.runtime import rewrite
 from experiments import config as config_lib
 from experiments.config import Config, ConfigError
@@ -139,6 +139,8 @@ def build(config: Config, source: data.Source, platform: str | None = None) -> B
     tx = optax.multi_transform(txs, lambda params: {k: k for k in params})
   else:
     tx = optimizer(schedule)
+  if config.freeze:
+    tx = finetune.freeze(tx, finetune.split_paths(config.freeze))
   call = model_call(model, config, platform or jax.default_backend())
   return Built(model, objective, tx, schedule, call)
 

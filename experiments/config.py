@@ -205,6 +205,7 @@ _objective = functools.partial(_field, group="Objective")
 _optimizer = functools.partial(_field, group="Optimizer")
 _loop = functools.partial(_field, group="Loop")
 _precision = functools.partial(_field, group="Precision")
+_finetune = functools.partial(_field, group="Fine-tuning")
 
 
 def _section(cls: type[Section]) -> Any:
@@ -263,6 +264,11 @@ class Config:
   ema_decay: float = _optimizer(0.0, "Keep an exponential moving average of the parameters with this decay (e.g. "
                                 "0.999), checkpointed with them; evaluations and samples use it (0: off).", lower=0.0)
   grad_clip_norm: float = _optimizer(0.0, "Clip gradients to this global norm (0: off).", lower=0.0)
+  grad_accum_steps: int = _optimizer(1, "Gradient accumulation: split each global batch into this many micro-batches "
+                                     "(every device's share of each), run one after another inside the step "
+                                     "(lax.scan) and average their gradients: the step of the whole batch in a "
+                                     "micro-batch's activation memory. Must divide the batch on each device.",
+                                     lower=1)
   discriminator_learning_rate: float = _optimizer(0.0, "GANs: the discriminator's peak learning rate (0: "
                                                   "--learning_rate). Each player has its own optimizer.", lower=0.0)
   steps: int = _loop(6000, "Training steps.", lower=1)
@@ -280,6 +286,17 @@ class Config:
   eval_train: bool = _loop(False, "Also evaluate the final (or best) parameters on the training examples, with the "
                           "labels trained on: fit/ metrics in summary.json, for the train-test gap.")
   seed: int = _loop(0, "Seed of parameter initialisation, dropout and data order.")
+  profile_steps: str = _loop("", "START:END: trace steps START+1 .. END with jax.profiler into WORKDIR/tensorboard "
+                             "(TensorBoard's profile tab; Perfetto). Empty: off.")
+  init_from: str = _finetune("", "Fine-tuning: start from another run's parameters and model variables (not its "
+                             "optimizer state or step): WORKDIR or WORKDIR:STEP (default: its latest checkpoint), or "
+                             "a Hugging Face GPT-2 folder (config.json + model.safetensors; --model=gpt). A workdir "
+                             "that holds a checkpoint of its own resumes from it instead.")
+  reinit: str = _finetune("", "With --init_from: parameter subtrees initialised afresh instead of loaded, as "
+                          "comma-separated paths (head, block3/mlp; * matches within a name), e.g. a classifier for "
+                          "another number of classes.")
+  freeze: str = _finetune("", "Parameter subtrees left as they are (their updates are zero: optax.set_to_zero), "
+                          "paths as --reinit (e.g. embed,block0,block1).")
   dtype: str = _precision("float32", "Compute dtype: bfloat16 runs the model in bfloat16 with float32 parameters, "
                           "optimizer state and losses (mixed precision).", choices=("float32", "bfloat16"))
   matmul_dtype: str = _precision("float32", "bfloat16: every matrix product of a float32 model takes bfloat16 "
@@ -338,6 +355,7 @@ class Config:
       raise ConfigError(f"--label_noise={self.label_noise} must be at most 1 (0: none; 1: every label random)")
     if self.ema_decay >= 1:
       raise ConfigError(f"--ema_decay={self.ema_decay} must be below 1 (0: off)")
+    self._check_steps_and_finetuning()
     if self.warmup_steps > self.steps:
       raise ConfigError(f"--warmup_steps={self.warmup_steps} exceeds --steps={self.steps}")
     if self.matmul_dtype == "bfloat16" and self.dtype != "float32":
@@ -351,6 +369,34 @@ class Config:
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
       raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
+
+  def _check_steps_and_finetuning(self) -> None:
+    if self.batch_size % self.grad_accum_steps:
+      raise ConfigError(f"--grad_accum_steps={self.grad_accum_steps} must divide --batch_size={self.batch_size} "
+                        "(each micro-batch is batch_size / grad_accum_steps examples)")
+    if self.grad_accum_steps > 1 and self.fed.on:
+      raise ConfigError("--grad_accum_steps applies to the training step; federated rounds (--fed.clients) take "
+                        "their own local batches (--fed.local_batch_size)")
+    if self.profile_steps:
+      start_end = self.profile_span
+      if start_end is None or not 0 <= start_end[0] < start_end[1] <= self.steps:
+        raise ConfigError(f"--profile_steps={self.profile_steps} must be START:END with 0 <= START < END <= "
+                          f"--steps={self.steps}")
+    if self.reinit and not self.init_from:
+      raise ConfigError(f"--reinit={self.reinit} re-initialises part of a loaded model: it needs --init_from")
+    for name in ("reinit", "freeze"):
+      paths = getattr(self, name).split(",") if getattr(self, name) else []
+      if any(not p.strip() or p.strip().startswith("/") or p.strip().endswith("/") for p in paths):
+        raise ConfigError(f"--{name}={getattr(self, name)} must be comma-separated parameter paths like head or "
+                          "block3/mlp")
+
+  @property
+  def profile_span(self) -> tuple[int, int] | None:
+    """--profile_steps as (START, END), None if unset or malformed."""
+    parts = self.profile_steps.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+      return None
+    return int(parts[0]), int(parts[1])
 
   def _check_federated(self) -> None:
     """What federated training cannot take, before any data is read."""
@@ -526,7 +572,7 @@ def _text(value: Any) -> str:
 # as the other (`resume_changes`).
 FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "train_split", "validation_fraction",
                    "train_examples", "label_noise", "fed.clients", "fed.partition", "fed.shards_per_client",
-                   "fed.alpha", "fed.sigma", "fed.algorithm")
+                   "fed.alpha", "fed.sigma", "fed.algorithm", "freeze")
 
 
 def flag_values(config: Config) -> dict[str, str]:

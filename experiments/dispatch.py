@@ -56,13 +56,14 @@ class Span(NamedTuple):
     return self.first + self.k
 
 
-def plan(start: int, stop: int, k: int, periods: Sequence[int]) -> list[tuple[int, int]]:
+def plan(start: int, stop: int, k: int, periods: Sequence[int], points: Sequence[int] = ()) -> list[tuple[int, int]]:
   """(first step, steps) of each dispatch from `start` to `stop`: `k` steps at a time, never
-  across a multiple of one of `periods` (when the loop logs, evaluates or checkpoints)."""
+  across a multiple of one of `periods` (when the loop logs, evaluates or checkpoints) or
+  one of `points` (where a profile starts and ends)."""
   periods = [p for p in periods if p > 0]
   chunks, step = [], start
   while step < stop:
-    end = min([stop, step + k] + [(step // p + 1) * p for p in periods])
+    end = min([stop, step + k] + [(step // p + 1) * p for p in periods] + [p for p in points if p > step])
     chunks.append((step, end - step))
     step = end
   return chunks
@@ -199,7 +200,7 @@ class Steps:
     return self._compiled[k]
 
   def plan(self, start: int) -> list[tuple[int, int]]:
-    return plan(start, self.config.steps, self.k, self.periods)
+    return plan(start, self.config.steps, self.k, self.periods, self.config.profile_span or ())
 
   def compile(self, start: int) -> None:
     """Compiles the programs the dispatches from `start` need."""

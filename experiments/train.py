@@ -30,7 +30,7 @@ from etils import epath
 
 import nets
 from experiments import build as build_lib
-from experiments import checkpoint, data, dispatch, federated, logs, runtime, samples
+from experiments import checkpoint, data, dispatch, federated, finetune, logs, runtime, samples
 from experiments import workdir as workdir_lib
 from experiments import feed as feed_lib
 from experiments import config as config_lib
@@ -55,7 +55,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                model: nn.Module, objective: nets.objectives.Objective, tx: optax.GradientTransformation,
                schedule: Callable[[Any], Any], call: Callable[..., Any] | None = None,
                axis_name: str | None = None, norms_every: int = 1, last_step: int = 0,
-               ema_decay: float = 0.0,
+               ema_decay: float = 0.0, accum_steps: int = 1,
                augment: Callable[[dict, jax.Array], dict] | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on one device's view of the batch (see experiments.parallel);
   the model is run by `call` (default `model.apply`; `experiments.build.model_call`).
@@ -67,7 +67,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   `augment` (`nets.augment.pipeline`) transforms the batch first, with a key of its own folded
   from the step's. With `ema_decay`, the state's `ema_params` become `ema_decay * ema_params + (1 - ema_decay)
-  * params` after the update (evaluation and sampling then use them)."""
+  * params` after the update (evaluation and sampling then use them).
+
+  With `accum_steps` = K > 1 the batch is cut into K micro-batches (example i in micro-batch
+  i mod K, so that each device holds its share of every one), whose gradients and metrics
+  are computed one after another (`lax.scan`) and averaged: the same mean gradient as the
+  whole batch's, in one micro-batch's activation memory. Micro-batch i draws its dropout and
+  objective randomness from keys folded with i, and model state (batch statistics) passes
+  from one micro-batch to the next."""
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:  # each device draws its own dropout masks
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -75,13 +82,33 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     batch = augment(batch, jax.random.fold_in(rng, _AUGMENT_STREAM))
   model_rng, objective_rng = jax.random.split(rng)
 
-  def loss_fn(params):
-    apply = Apply(model, params, state.model_state, model_rng, train=True, call=call)
-    per_example = objective(apply, batch, objective_rng)
-    return jnp.mean(per_example["loss"]), (per_example, apply.new_model_state)
+  def gradients(model_state, batch, model_rng, objective_rng):
+    def loss_fn(params):
+      apply = Apply(model, params, model_state, model_rng, train=True, call=call)
+      per_example = objective(apply, batch, objective_rng)
+      return jnp.mean(per_example["loss"]), (per_example, apply.new_model_state)
 
-  (_, (per_example, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics = {f"train/{k}": jnp.mean(v) for k, v in per_example.items()}
+    (_, (per_example, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return grads, {f"train/{k}": jnp.mean(v) for k, v in per_example.items()}, model_state
+
+  if accum_steps == 1:
+    grads, metrics, model_state = gradients(state.model_state, batch, model_rng, objective_rng)
+  else:
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]),
+                                                0, 1), batch)
+
+    def accumulate(carry, i_batch):
+      i, micro_batch = i_batch
+      (grads, metrics), model_state = carry
+      new = gradients(model_state, micro_batch, jax.random.fold_in(model_rng, i), jax.random.fold_in(objective_rng, i))
+      return (jax.tree.map(jnp.add, (grads, metrics), new[:2]), new[2]), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(gradients, state.model_state, first, model_rng, objective_rng)[:2])
+    ((grads, metrics), model_state), _ = jax.lax.scan(accumulate, (zeros, state.model_state),
+                                                      (jnp.arange(accum_steps), micro))
+    grads, metrics = jax.tree.map(lambda t: t / accum_steps, (grads, metrics))
   if axis_name is not None:
     grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -176,6 +203,9 @@ def prepare(config: Config) -> Run:
     federated.privacy_spent(config, 1)  # (dp-accounting is there)
   else:
     par.check_batch_size(config.batch_size)
+    if config.grad_accum_steps > 1:
+      par.check_batch_size(config.batch_size // config.grad_accum_steps,
+                           f"--batch_size / --grad_accum_steps (a micro-batch, {config.grad_accum_steps} per step)")
   par.check_batch_size(config.eval_batch_size, "--eval_batch_size")
   source = data.load(config)
   _check_augment(config, source)
@@ -188,6 +218,10 @@ def prepare(config: Config) -> Run:
   built = build_lib.build(config, source, par.local_devices[0].platform)
   init = functools.partial(build_lib.init_state, built.model, built.tx, source.example, init_key,
                            ema=bool(config.ema_decay), scaffold_clients=build_lib.scaffold_clients(config))
+  if config.reinit or config.freeze:  # the paths name parameters of this model (shapes only: nothing computed)
+    params_like = jax.eval_shape(init).params
+    for flag in ("reinit", "freeze"):
+      finetune.check_paths(flag, finetune.split_paths(getattr(config, flag)), params_like)
   try:  # invalid model hyperparameters surface when the model is first built
     if par.sizes["fsdp"] == 1:  # every array replicated: no need to trace the model for its shapes first
       state = init(par.replicated)
@@ -208,7 +242,8 @@ def prepare(config: Config) -> Run:
   step = functools.partial(train_step, model=built.model, objective=built.objective, tx=built.tx,
                            schedule=built.schedule, call=built.call,
                            norms_every=config.log_every if on_cpu else 1, last_step=config.steps,
-                           ema_decay=config.ema_decay, augment=config.augment.pipeline())
+                           ema_decay=config.ema_decay, accum_steps=config.grad_accum_steps,
+                           augment=config.augment.pipeline())
   steps = dispatch.Steps(config, par, feed, step, state, state_sharding, step_key)
   return Run(par, source, feed, data_read_at, built, state, state_sharding, steps, eval_key)
 
@@ -266,6 +301,31 @@ class _Pending:
       bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
       raise NonFiniteLoss(f"loss is {losses[~np.isfinite(losses)][0]} at step {bad}; stopping. {kept()}")
     return {k: float(v[-1] if k in NORMS else np.mean(v)) for k, v in fetched.items()}
+
+
+class _Profile:
+  """--profile_steps=START:END: a jax.profiler trace of steps START+1 .. END (the dispatches
+  break there), written where TensorBoard's profile tab finds it."""
+
+  def __init__(self, span: tuple[int, int] | None, directory: epath.Path, info: Callable[[str], None]):
+    self.span, self.directory, self.info, self.on = span, directory, info, False
+
+  def before(self, first: int) -> None:
+    if self.span and first == self.span[0]:
+      jax.profiler.start_trace(os.fspath(self.directory))
+      self.on = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self.on and step == self.span[1]:
+      jax.block_until_ready(state)
+      self.stop()
+      self.info(f"Profiled steps {self.span[0] + 1}-{self.span[1]}: {self.directory}/plugins/profile "
+                f"(tensorboard --logdir={self.directory}, Profile tab)")
+
+  def stop(self) -> None:
+    if self.on:
+      self.on = False
+      jax.profiler.stop_trace()
 
 
 @jax.jit
@@ -332,6 +392,8 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     if refused:
       raise ConfigError(f"--workdir={workdir} holds a run of another model or data ({'; '.join(refused)}); "
                         + _fresh_start(workdir))
+  if saved is None and config.init_from:  # (a resumed run starts from its own checkpoint)
+    finetune.check(config)
   run = prepare(config)  # build
   par, source, steps, built = run.par, run.source, run.steps, run.built
   state, run = run.state, run._replace(state=None)  # a resumed run's initial state is freed once restored
@@ -372,6 +434,8 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}"
              + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
   log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
+  if latest is None and config.init_from:  # fine-tuning: a fresh run from another's parameters
+    state = finetune.initialise(config, state, built.tx, run.state_sharding, log.info)
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, run.state_sharding))
   if run.clients is not None:
@@ -439,14 +503,17 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
 
   steps.compile(start_step)  # before the clock starts
   pending, step = _Pending(), start_step
+  profile = _Profile(config.profile_span, workdir / "tensorboard", log.info)
   clock = logs.Clock(start_step, config.steps)
   signals.in_loop = True
   try:
     with steps.spans(start_step) as spans:
       for span in spans if not stopped_early else ():
+        profile.before(span.first)
         state, metrics = steps(state, span)  # step
         pending.add(metrics)
         step = span.end
+        profile.after(step, state)
         done, stop = step == config.steps, signals.received
         should_log = step % config.log_every == 0 or done
         # (the evaluation after the last step is below; with a best checkpoint, the last step
@@ -503,6 +570,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     log.write(step, logged)
   finally:
     signals.in_loop = False
+    profile.stop()
     ckpts.close()
     log.close()
     if best is not None:
