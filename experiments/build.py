@@ -179,24 +179,31 @@ class Restored(NamedTuple):
   params: Any
   model_state: Any  # other variables, e.g. batch statistics
   call: Callable[..., Any]  # model.apply as the run computed it
+  step: int = 0  # the checkpoint's
 
 
-def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
+def restore(workdir: str | os.PathLike, step: int | None = None, config: Config | None = None) -> Restored:
   """A run's config, data, model, objective, parameters and other model variables (its latest
-  checkpoint, or `step`'s)."""
+  checkpoint, or `step`'s). `config` replaces the run's own (workdir/flags.flags), e.g. to
+  read another split; it must build the same model."""
   runtime.prepare_process()
-  config = config_lib.from_workdir(workdir)
-  source = data.load(config)
-  built = build(config, source)
+  config = config or config_lib.from_workdir(workdir)
   ckpts = checkpoint.Checkpoints(epath.Path(workdir) / "checkpoints")
   if ckpts.latest_step() is None:
+    ckpts.close()
     raise ConfigError(f"no checkpoint in {ckpts.directory}")
+  if step is not None and step not in ckpts.manager.all_steps():
+    ckpts.close()
+    raise ConfigError(f"--step={step}: no checkpoint of that step in {ckpts.directory} (saved: "
+                      f"{', '.join(map(str, ckpts.manager.all_steps()))})")
+  source = data.load(config)
+  built = build(config, source)
   like = jax.eval_shape(lambda: init_state(built.model, built.tx, source.example, jax.random.key(0),
                                            ema=bool(config.ema_decay), scaffold_clients=scaffold_clients(config)))
   if step is None:  # the newest that can be read (a training run moves unreadable ones aside; this does not)
-    state, _ = ckpts.restore_intact(like, move_aside=False)
+    state, step = ckpts.restore_intact(like, move_aside=False)
   else:
     state = ckpts.restore(like, step)
   ckpts.close()
   params = state.ema_params if state.ema_params is not None else state.params  # (the average, when kept)
-  return Restored(config, source, built.model, built.objective, params, state.model_state, built.call)
+  return Restored(config, source, built.model, built.objective, params, state.model_state, built.call, step)

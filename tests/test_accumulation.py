@@ -11,7 +11,7 @@ import pytest
 import nets
 from experiments import build, optim, train
 from experiments.config import Config, ConfigError
-from tests.conftest import run_cli
+from conftest import run_cli
 
 
 def _steps(model, objective, batch, accum_steps, steps=3, tx=None):
@@ -111,3 +111,17 @@ def test_bad_accumulation_is_one_line():
   assert proc.stderr.strip().splitlines() == [
       "error: --grad_accum_steps=4 must divide --batch_size=10 (each micro-batch is batch_size / grad_accum_steps "
       "examples)"]
+
+
+def test_a_run_with_accumulation_ends_where_the_whole_batch_run_does(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  from conftest import train_in_process  # pylint: disable=g-import-not-at-top
+  from experiments import checkpoint  # pylint: disable=g-import-not-at-top
+  run = ["--model=mlp", "--mlp.features=16", "--batch_size=40", "--steps=3", "--eval_every=0", "--log_every=3",
+         "--optimizer=momentum", "--learning_rate=0.1"]
+  ends = []
+  for k in (1, 4):
+    summary = train_in_process(*run, f"--grad_accum_steps={k}", workdir=str(tmp_path / str(k)))
+    ends.append((summary, checkpoint.Checkpoints(os.path.join(tmp_path, str(k), "checkpoints")).restore_raw()))
+  _assert_close(ends[0][1]["params"], ends[1][1]["params"], 2e-6)
+  assert ends[0][0]["eval/accuracy"] == ends[1][0]["eval/accuracy"]
