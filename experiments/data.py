@@ -599,6 +599,9 @@ class Source(NamedTuple):
 
 
 def load(config: Config) -> Source:
+  if config.tokenizer != "char" and not is_text(_builder(config)):  # before the data are prepared
+    raise ConfigError(f"--tokenizer={config.tokenizer} tokenises text datasets; --dataset={config.dataset} is not "
+                      "text (leave --tokenizer=char)")
   b = builder(config)
   splits = (config.train_split, config.eval_split)
   if config.label_noise and not num_classes(b):
@@ -609,9 +612,6 @@ def load(config: Config) -> Source:
   if config.eval_train and (is_text(b) or is_audio(b)):
     raise ConfigError(f"--eval_train evaluates datasets of examples; {config.dataset} is a text or audio dataset "
                       "(its training loss is logged as it trains)")
-  if config.tokenizer != "char" and not is_text(b):
-    raise ConfigError(f"--tokenizer={config.tokenizer} tokenises text datasets; --dataset={config.dataset} is not "
-                      "text (leave --tokenizer=char)")
   text = Text.read(b, splits, text_tokenizer(config)) if is_text(b) else None
   audio = Audio(b, splits) if text is None and is_audio(b) else None
   if text is not None or audio is not None:

@@ -17,7 +17,7 @@ out [H, D, E]. Weights are read with `safetensors` (the `gpt2` extra: `pip insta
 imported when a checkpoint is read, so `import nets` does not need it; PyTorch is not needed.
 
 The tokenizer is GPT-2's byte-level BPE, in pure Python: text -> UTF-8 bytes, each byte a
-printable character (`_byte_chars`), the pre-tokenizer's pieces (contractions, letters, digits,
+printable character (`byte_chars`), the pre-tokenizer's pieces (contractions, letters, digits,
 other symbols, whitespace) each merged pair by pair, lowest merge rank first, then looked up in
 `vocab.json`. GPT-2's pre-tokenizer uses the `regex` package's `\\p{L}` and `\\p{N}`; here the same
 classes are listed from Python's `unicodedata` for the standard `re` (identical up to the Unicode
@@ -46,7 +46,7 @@ MERGES = "merges.txt"
 _GELUS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact",
           "gelu_python": "exact"}
 _LN_EPS = 1e-5  # nets.transformer's
-# Buffers and the tied head, which hold no parameter of ours.
+# The attention's causal-mask buffers, which hold no parameter (the tied lm_head is skipped too).
 _IGNORED = re.compile(r"(h\.\d+\.attn\.(bias|masked_bias))$")
 
 
@@ -140,7 +140,8 @@ def load(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
   arrays) from a Hugging Face GPT-2 folder. The parameters' tree and shapes are checked
   against the model's own (`check`); any missing, unexpected or misshapen tensor is a
   ValueError naming it."""
-  hparams = hparams_from_config(_read_json(_file(folder, CONFIG)), _file(folder, CONFIG))
+  config_path = _file(folder, CONFIG)
+  hparams = hparams_from_config(_read_json(config_path), config_path)
   path = _file(folder, WEIGHTS)
   rows = _mapping(hparams)
   params: dict[str, Any] = {}
@@ -215,7 +216,7 @@ def from_pretrained(folder: str | os.PathLike, **overrides: Any):
 
 
 @functools.cache
-def _byte_chars() -> tuple[str, ...]:
+def byte_chars() -> tuple[str, ...]:
   """Byte b -> a printable character: the printable Latin-1 bytes are themselves, the others
   (control characters, space, ...) the characters from U+0100 on, in byte order."""
   printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -271,7 +272,7 @@ class Tokenizer:
     self.tokens = {i: t for t, i in self.vocab.items()}
     self.ranks = {pair: rank for rank, pair in enumerate(merges)}
     self.size = max(self.vocab.values()) + 1 if self.vocab else 0
-    self._byte = _byte_chars()
+    self._byte = byte_chars()
     self._unbyte = {c: b for b, c in enumerate(self._byte)}
     self._cache: dict[str, tuple[int, ...]] = {}
 

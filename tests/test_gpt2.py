@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -15,9 +14,6 @@ from conftest import FLAGS_DIR, ROOT, train_in_process
 import nets
 from nets import gpt2
 from experiments import config as config_lib
-
-pytest.importorskip("safetensors")
-from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VOCAB, LAYERS, HEADS, WIDTH, POSITIONS = 50, 2, 2, 16, 32
 
@@ -56,6 +52,7 @@ def _write(folder, weights: dict[str, np.ndarray], config: dict | None = None, p
            buffers: bool = True):
   """A checkpoint folder as save_pretrained writes it: config.json and model.safetensors
   (float32), with the attention's causal-mask buffers."""
+  save_file = pytest.importorskip("safetensors.numpy").save_file
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
     json.dump(config or _config(), f)
@@ -137,7 +134,8 @@ def test_untied_head_is_read_transposed(tmp_path):
   head = np.random.default_rng(2).normal(0, 0.5, (VOCAB, WIDTH))
   folder = _write(tmp_path / "gpt2", weights, _config(tie_word_embeddings=False))
   save = {"transformer." + k: v.astype(np.float32) for k, v in weights.items()}
-  save_file({**save, "lm_head.weight": head.astype(np.float32)}, os.path.join(folder, "model.safetensors"))
+  pytest.importorskip("safetensors.numpy").save_file({**save, "lm_head.weight": head.astype(np.float32)},
+                                                     os.path.join(folder, "model.safetensors"))
   hparams, params = gpt2.load(folder)
   assert not hparams["tie_embeddings"]
   np.testing.assert_array_equal(params["head"]["kernel"], head.astype(np.float32).T)
@@ -252,13 +250,13 @@ def test_pretokenizer_splits_as_gpt2s():
 
 
 def test_every_byte_has_a_character():
-  chars = gpt2._byte_chars()  # pylint: disable=protected-access
+  chars = gpt2.byte_chars()
   assert len(set(chars)) == 256 and chars[ord(" ")] == "Ġ" and chars[ord("\n")] == "Ċ" and chars[ord("A")] == "A"
 
 
 def _byte_level_folder(folder):
   """Every byte's character (ids 0..255) and a few merges: any text encodes."""
-  return _tokenizer_folder(folder, list(gpt2._byte_chars()) + ["th", "Ġth", "Ġthe", "<|endoftext|>"],  # pylint: disable=protected-access
+  return _tokenizer_folder(folder, list(gpt2.byte_chars()) + ["th", "Ġth", "Ġthe", "<|endoftext|>"],
                            ["t h", "Ġ th", "Ġth e"])
 
 
@@ -283,3 +281,44 @@ def test_text_dataset_with_gpt2_tokenizer_trains_and_samples(tmp_path):
       == text.read_text(encoding="utf-8")
   out = sample.generate(str(tmp_path / "run"), " the", 6, 0.0, 0, 0)
   assert out.startswith(" the") and len(out) >= len(" the")
+
+
+def _parse(*args: str) -> config_lib.Config:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  config_lib.define_flags(values)
+  values(["prog", *args])
+  return config_lib.from_flags(values)
+
+
+FINETUNE = os.path.join(FLAGS_DIR, "shakespeare_gpt2_finetune.flags")
+
+
+def test_finetune_flag_file_needs_the_folder_and_composes_with_one(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)  # the file names ./gpt2 and includes shakespeare_char.flags from the root
+  if not os.path.isdir(os.path.join(ROOT, "gpt2")):
+    with pytest.raises(config_lib.ConfigError, match=r"^--tokenizer=gpt2:gpt2: no gpt2/vocab.json") as e:
+      _parse(f"--flagfile={FINETUNE}")
+    _one_line(e)
+  config = _parse(f"--flagfile={FINETUNE}", f"--tokenizer=gpt2:{_byte_level_folder(tmp_path / 'gpt2')}")
+  assert config.model == "gpt" and config.dataset == "char_text" and config.block_size == 256
+  assert config.model_hparams == {"num_layers": 12, "num_heads": 12, "embed_dim": 768, "max_len": 1024,
+                                  "vocab_size": 50257, "gelu": "tanh", "dropout": 0.1}
+
+
+@pytest.mark.parametrize("value,message", [
+    ("bpe", "--tokenizer='bpe' is not char or gpt2:FOLDER"),
+    ("gpt2:", "--tokenizer='gpt2:' is not char or gpt2:FOLDER"),
+    ("gpt2:/no/such/folder", "--tokenizer=gpt2:/no/such/folder: no /no/such/folder/vocab.json"),
+])
+def test_bad_tokenizer_flag_is_one_line(value, message):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.Config(dataset="char_text", tokenizer=value)
+  assert _one_line(e).startswith(message)
+
+
+def test_gpt2_tokenizer_on_a_dataset_that_is_not_text(tmp_path):
+  from experiments import data  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(dataset="mnist1d", tokenizer=f"gpt2:{_byte_level_folder(tmp_path / 'tok')}")
+  with pytest.raises(config_lib.ConfigError, match="tokenises text datasets; --dataset=mnist1d is not text"):
+    data.load(config)
