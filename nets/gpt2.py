@@ -76,7 +76,12 @@ def hparams_from_config(config: dict[str, Any], where: str = CONFIG) -> dict[str
   missing = [k for k in ("n_embd", "n_head", "n_layer", "n_positions", "vocab_size") if k not in config]
   if missing:
     raise ValueError(f"GPT-2: {where} has no {', '.join(missing)}")
+  for key in ("n_embd", "n_head", "n_layer", "n_positions", "vocab_size"):
+    if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
+      raise ValueError(f"GPT-2: {where} has {key}={config[key]!r}; it must be a positive integer")
   embed, heads = config["n_embd"], config["n_head"]
+  if embed % heads:
+    raise ValueError(f"GPT-2: {where} has n_embd={embed}, not a multiple of n_head={heads}")
   activation = config.get("activation_function", "gelu_new")
   if activation not in _GELUS:
     raise ValueError(f"GPT-2: {where} has activation_function={activation!r}; our gpt computes "

@@ -171,6 +171,8 @@ def test_missing_files_are_one_line(tmp_path):
     ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon=1e-06"),
     ({"n_inner": 40}, "n_inner=40"),
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
+    ({"n_head": 3}, "n_embd=16, not a multiple of n_head=3"),
+    ({"n_layer": "2"}, "n_layer='2'; it must be a positive integer"),
 ])
 def test_a_config_we_cannot_compute_is_one_line(tmp_path, change, message):
   folder = _write(tmp_path / "gpt2", _weights(), _config(**change))
