@@ -220,6 +220,9 @@ class Config:
                        "mixture2d/ring, mixture2d/grid, tones) or any TFDS catalog name.")
   text_path: str = _data("", "Text file of --dataset=char_text (default: ../shared/data/tinyshakespeare/input.txt "
                          "beside the repository).")
+  tokenizer: str = _data("char", "Text datasets: char (token i is the i-th of the text's sorted characters, as in "
+                         "nanoGPT's shakespeare_char) or gpt2:FOLDER (GPT-2's byte-level BPE from the vocab.json "
+                         "and merges.txt of a Hugging Face GPT-2 folder).")
   data_dir: str = _data("", "TFDS data directory (empty: TFDS's default, ~/tensorflow_datasets).")
   train_split: str = _data("train", "TFDS split to train on.")
   eval_split: str = _data("test", "TFDS split to evaluate on (with --validation_fraction: the test split, "
@@ -367,6 +370,8 @@ class Config:
       self._check_federated()
     if self.dataset == "char_text" and self.text_path and not os.path.isfile(os.path.expanduser(self.text_path)):
       raise ConfigError(f"--text_path={self.text_path!r}: no such file (the text of --dataset=char_text)")
+    if self.tokenizer != "char":
+      self._check_tokenizer()
     if self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
       raise ConfigError(f"--data_dir={self.data_dir!r} does not exist")
 
@@ -414,6 +419,16 @@ class Config:
                         "--dataset=char_text, and char_text's clients are its roles (--fed.partition=roles)")
     if self.fed.partition == "roles" and self.objective != "lm":
       raise ConfigError("--fed.partition=roles trains a language model: --objective=lm")
+
+  def _check_tokenizer(self) -> None:
+    kind, _, folder = self.tokenizer.partition(":")
+    if kind != "gpt2" or not folder:
+      raise ConfigError(f"--tokenizer={self.tokenizer!r} is not char or gpt2:FOLDER")
+    for name in (nets.gpt2.VOCAB, nets.gpt2.MERGES):
+      path = os.path.join(os.path.expanduser(folder), name)
+      if not os.path.isfile(path):
+        raise ConfigError(f"--tokenizer={self.tokenizer}: no {path} (GPT-2's tokenizer reads {nets.gpt2.VOCAB} and "
+                          f"{nets.gpt2.MERGES} of a Hugging Face GPT-2 folder)")
 
   @property
   def _validation_percent(self) -> int:
@@ -570,7 +585,7 @@ def _text(value: Any) -> str:
 
 # Flags whose change makes another model or other data: a checkpoint of one does not resume
 # as the other (`resume_changes`).
-FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "train_split", "validation_fraction",
+FIXED_ON_RESUME = ("model", "objective", "dataset", "text_path", "tokenizer", "train_split", "validation_fraction",
                    "train_examples", "label_noise", "fed.clients", "fed.partition", "fed.shards_per_client",
                    "fed.alpha", "fed.sigma", "fed.algorithm", "freeze")
 

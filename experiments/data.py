@@ -1,9 +1,10 @@
 """The input pipeline: any TFDS dataset -> per-process numpy batches.
 
 Supervised datasets give {"x", "y"} batches. Text datasets (a string "text" feature, like
-the catalog's `tiny_shakespeare` and our `char_text`) are held in memory as character ids
-and give random windows of `block_size` tokens, as nanoGPT samples them: "x" a window and
-"y" the same window shifted by one character.
+the catalog's `tiny_shakespeare` and our `char_text`) are held in memory as token ids (their
+characters', or with --tokenizer=gpt2:FOLDER GPT-2's BPE tokens) and give random windows of
+`block_size` tokens, as nanoGPT samples them: "x" a window and "y" the same window shifted by
+one token.
 
 Training batches come from an endless, seeded stream: epoch `e` is the split shuffled with
 a seed derived from (seed, e), and the stream is cut into global batches. Batch `i` of a run
@@ -393,33 +394,41 @@ class Tokenizer(NamedTuple):
 
 
 class Text:
-  """A text dataset held in memory: its character vocabulary and each split as token ids.
+  """A text dataset held in memory: its tokenizer and each split as token ids.
 
-  The vocabulary is the sorted set of characters over all splits (nanoGPT's: 65 for
-  Tiny Shakespeare); every process holds the whole text and draws its own windows.
-  `read` reads a builder's splits.
+  The tokenizer is given (`text_tokenizer`: --tokenizer=gpt2:FOLDER) or, by default, the
+  text's characters: the sorted set of characters over all splits (nanoGPT's: 65 for Tiny
+  Shakespeare). Every process holds the whole text and draws its own windows. `read` reads
+  a builder's splits.
   """
 
-  def __init__(self, texts: dict[str, str]):
-    vocab = char_text.vocabulary(texts.values())
-    self.tokenizer = Tokenizer(len(vocab), lambda text: char_text.encode(text, vocab),
-                               lambda ids: char_text.decode(ids, vocab))
-    self.tokens = {split: char_text.encode(text, vocab) for split, text in texts.items()}
+  def __init__(self, texts: dict[str, str], tokenizer: Tokenizer | None = None):
+    if tokenizer is None:
+      vocab = char_text.vocabulary(texts.values())
+      tokenizer = Tokenizer(len(vocab), lambda text: char_text.encode(text, vocab),
+                            lambda ids: char_text.decode(ids, vocab))
+    self.tokenizer = tokenizer
+    self.tokens = {}
+    for split, text in texts.items():
+      try:
+        self.tokens[split] = np.asarray(tokenizer.encode(text), np.int32)
+      except ValueError as e:
+        raise ConfigError(f"split {split!r}: {e}") from None
 
   @classmethod
-  def read(cls, b: tfds.core.DatasetBuilder, splits: Sequence[str] = ()) -> "Text":
+  def read(cls, b: tfds.core.DatasetBuilder, splits: Sequence[str] = (), tokenizer: Tokenizer | None = None) -> "Text":
     """The text of each of the builder's splits; `splits` are read when the builder does not
     list its splits (e.g. under mock data)."""
     texts = {}
     for split in list(b.info.splits) or splits:  # every split when they are known
       ds = b.as_dataset(split=split, shuffle_files=False)
       texts[split] = "".join(ex["text"].decode("utf-8") for ex in tfds.as_numpy(ds))
-    return cls(texts)
+    return cls(texts, tokenizer)
 
   def split(self, name: str, block_size: int) -> np.ndarray:
     tokens = self.tokens[name]
     if len(tokens) <= block_size:
-      raise ConfigError(f"split {name!r} has {len(tokens)} characters, too few for --block_size={block_size}")
+      raise ConfigError(f"split {name!r} has {len(tokens)} tokens, too few for --block_size={block_size}")
     return tokens
 
   def flat(self, split: str, block_size: int) -> np.ndarray:
@@ -506,6 +515,18 @@ def _to_float(audio: np.ndarray) -> np.ndarray:
   return audio.astype(np.float32)
 
 
+def text_tokenizer(config: Config) -> Tokenizer | None:
+  """--tokenizer's tokenizer of text datasets; None for the text's own characters (char)."""
+  if config.tokenizer == "char":
+    return None
+  from nets import gpt2  # pylint: disable=g-import-not-at-top
+  try:
+    bpe = gpt2.tokenizer(config.tokenizer.partition(":")[2])
+  except ValueError as e:
+    raise ConfigError(f"--tokenizer={config.tokenizer}: {e}") from None
+  return Tokenizer(bpe.size, lambda text: np.asarray(bpe.encode(text), np.int32), bpe.decode)
+
+
 def tokenizer(b: tfds.core.DatasetBuilder, text: Text | None = None) -> Tokenizer | None:
   """The dataset's tokenizer, if its examples are token ids (text, numbers_to_words)."""
   if text is not None:
@@ -578,6 +599,9 @@ class Source(NamedTuple):
 
 
 def load(config: Config) -> Source:
+  if config.tokenizer != "char" and not is_text(_builder(config)):  # before the data are prepared
+    raise ConfigError(f"--tokenizer={config.tokenizer} tokenises text datasets; --dataset={config.dataset} is not "
+                      "text (leave --tokenizer=char)")
   b = builder(config)
   splits = (config.train_split, config.eval_split)
   if config.label_noise and not num_classes(b):
@@ -588,7 +612,7 @@ def load(config: Config) -> Source:
   if config.eval_train and (is_text(b) or is_audio(b)):
     raise ConfigError(f"--eval_train evaluates datasets of examples; {config.dataset} is a text or audio dataset "
                       "(its training loss is logged as it trains)")
-  text = Text.read(b, splits) if is_text(b) else None
+  text = Text.read(b, splits, text_tokenizer(config)) if is_text(b) else None
   audio = Audio(b, splits) if text is None and is_audio(b) else None
   if text is not None or audio is not None:
     return sequence_source(config, b, text, audio)

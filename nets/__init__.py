@@ -7,10 +7,10 @@
 This package imports neither absl nor TensorFlow.
 """
 
-from nets import activations, apply, augment, decoding, objectives
+from nets import activations, apply, augment, decoding, gpt2, objectives
 from nets.registry import create, get, hparams, names, register
 
 # Importing a family's module registers its models.
 from nets import autoencoder, cnn, diffusion, gan, mlp, rnn, transformer, wavenet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 
-__all__ = ["activations", "decoding", "objectives", "create", "get", "hparams", "names", "register"]
+__all__ = ["activations", "decoding", "gpt2", "objectives", "create", "get", "hparams", "names", "register"]

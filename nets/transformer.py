@@ -10,7 +10,8 @@
 Every model takes integer tokens. With `decode=True` a model keeps a key/value cache in
 the "cache" collection and consumes a few tokens per call (see `nets.decoding`), so
 generation costs one position per token instead of re-running the whole prefix.
-GELU is exact and LayerNorm's epsilon 1e-5, as in nanoGPT. Initialisation follows GPT-2: N(0, 0.02) weights, zero biases, and the projections back
+GELU is exact (gpt: or GPT-2's tanh approximation, `gelu="tanh"`) and LayerNorm's epsilon
+1e-5, as in nanoGPT. Initialisation follows GPT-2: N(0, 0.02) weights, zero biases, and the projections back
 into the residual stream scaled by 1/sqrt(2 * layers).
 """
 
@@ -146,19 +147,25 @@ def _cudnn_causal(q: Array, k: Array, v: Array) -> Array:
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
 
 
+GELUS = ("exact", "tanh")
+
+
 class MLP(nn.Module):
-  """Dense(ratio * width) -> GELU -> Dense(width)."""
+  """Dense(ratio * width) -> GELU -> Dense(width). `gelu`: "exact" (erf), or "tanh", the
+  approximation GPT-2 was trained with, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
 
   ratio: int = 4
   use_bias: bool = True
   out_std: float = _STD
+  gelu: str = "exact"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     width = x.shape[-1]
     fc = _dense(self.ratio * width, self.use_bias, "fc")
     proj = _dense(width, self.use_bias, "proj", std=self.out_std)
-    return proj(activations.gelu_exact(fc(x)))
+    h = fc(x)
+    return proj(jax.nn.gelu(h, approximate=True) if self.gelu == "tanh" else activations.gelu_exact(h))
 
 
 class Block(nn.Module):
@@ -172,6 +179,7 @@ class Block(nn.Module):
   causal: bool = False
   cross: bool = False
   attention: dict | None = None  # extra MultiHeadAttention fields (pattern, decode...)
+  gelu: str = "exact"  # the MLP's: "exact" or "tanh"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, context: Array | None = None,
@@ -187,7 +195,7 @@ class Block(nn.Module):
       h = MultiHeadAttention(self.num_heads, dropout=self.dropout, use_bias=self.use_bias, out_std=out_std,
                              name="cross_attention")(norm("ln_cross")(x), context, context_mask, train)
       x = x + drop(h)
-    h = MLP(self.mlp_ratio, self.use_bias, out_std, name="mlp")(norm("ln_mlp")(x))
+    h = MLP(self.mlp_ratio, self.use_bias, out_std, self.gelu, name="mlp")(norm("ln_mlp")(x))
     return x + drop(h)
 
 
@@ -274,9 +282,12 @@ class GPT(_Transformer):
   (stride `sparse_block`, local window `sparse_local`, default the stride) or "fixed"
   (blocks of `sparse_block`, the last `sparse_summary` positions of each earlier block
   visible); `sparse_impl` computes it "blocked" (n sqrt(n)) or "masked" (dense with a mask).
+  `gelu="tanh"` gives the MLPs GPT-2's tanh-approximate GELU (pretrained GPT-2 weights,
+  `nets.gpt2`); the default is the exact one.
   """
 
   tie_embeddings: bool = True
+  gelu: str = "exact"  # the MLPs' GELU: "exact" (erf) or "tanh" (GPT-2's approximation)
   attention: str = "dense"
   sparse_block: int = 0
   sparse_local: int = 0
@@ -293,6 +304,8 @@ class GPT(_Transformer):
     if self.attention_kernel == "cudnn" and (self.attention != "dense" or self.dropout):
       raise ValueError("GPT.attention_kernel='cudnn' computes dense attention without dropout; got "
                        f"attention={self.attention!r}, dropout={self.dropout}")
+    if self.gelu not in GELUS:
+      raise ValueError(f"GPT.gelu must be one of {', '.join(GELUS)}; got {self.gelu!r}")
     if self.attention not in PATTERNS:
       raise ValueError(f"GPT.attention must be one of {', '.join(PATTERNS)}; got {self.attention!r}")
     if self.sparse_impl not in IMPLS:
@@ -312,7 +325,7 @@ class GPT(_Transformer):
                  "kernel": "xla" if self.decode else self.attention_kernel}
     for i in range(self.num_layers):
       x = self._block(self.num_heads, self.mlp_ratio, self.dropout, self.use_bias, self.num_layers, causal=True,
-                      attention=attention, name=f"block{i}")(x, None, None, None, train)
+                      attention=attention, gelu=self.gelu, name=f"block{i}")(x, None, None, None, train)
     x = nn.LayerNorm(epsilon=_LN_EPS, use_bias=self.use_bias, name="ln_final")(x)
     if self.tie_embeddings:
       return embed.attend(x)
