@@ -27,6 +27,7 @@ import optax
 from etils import epath
 
 from experiments import checkpoint
+from nets import gpt2
 from experiments.config import Config, ConfigError
 
 
@@ -113,14 +114,21 @@ def check(config: Config) -> None:
     raise ConfigError(f"{flag}: no checkpoint of step {step} in {ckpts} (saved: {', '.join(map(str, saved))})")
 
 
-def load(config: Config) -> tuple[dict[str, Any], dict[str, Any], str]:
+def load(config: Config, model: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
   """The parameters and model variables --init_from names, as flat {path: host array}, and
-  where they came from (for the log)."""
+  where they came from (for the log). A GPT-2 checkpoint's hyperparameters must be `model`'s."""
   path, step = parse(config.init_from)
   folder = epath.Path(os.path.expanduser(path))
   if is_gpt2_folder(folder):
-    from nets import gpt2  # pylint: disable=g-import-not-at-top  (needs safetensors: the gpt2 extra)
-    _, params = gpt2.load(os.fspath(folder))
+    try:
+      hparams, params = gpt2.load(os.fspath(folder))
+    except ValueError as e:
+      raise ConfigError(f"--init_from={config.init_from}: {e}") from None
+    for name, value in hparams.items():
+      if getattr(model, name) != value:
+        hint = " (GPT-2's tokens: --tokenizer=gpt2:FOLDER)" if name == "vocab_size" else ""
+        raise ConfigError(f"--init_from={config.init_from}: the checkpoint's {name} is {value}, the run's "
+                          f"--gpt.{name} {getattr(model, name)}{hint}")
     return flat(params), {}, f"the GPT-2 checkpoint in {folder}"
   ckpts = checkpoint.Checkpoints(folder / "checkpoints")
   try:
@@ -155,11 +163,11 @@ def merge(fresh: Any, loaded: dict[str, Any], reinit: list[str], what: str) -> t
   return jax.tree_util.tree_unflatten(treedef, [new[p] for p in leaves]), unused
 
 
-def initialise(config: Config, state: Any, tx: optax.GradientTransformation, sharding: Any,
+def initialise(config: Config, state: Any, model: Any, tx: optax.GradientTransformation, sharding: Any,
                log: Callable[[str], None]) -> Any:
   """The new run's first state: `state` (freshly initialised) with --init_from's parameters
   and model variables, the optimizer state and moving average started from them."""
-  params, model_state, what = load(config)
+  params, model_state, what = load(config, model)
   reinit = split_paths(config.reinit)
   new_params, unused = merge(state.params, params, reinit, what)
   # (a model variable such as a batch statistic follows its layer: --reinit paths name layers)

@@ -435,7 +435,7 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
              + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
   log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
   if latest is None and config.init_from:  # fine-tuning: a fresh run from another's parameters
-    state = finetune.initialise(config, state, built.tx, run.state_sharding, log.info)
+    state = finetune.initialise(config, state, built.model, built.tx, run.state_sharding, log.info)
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, run.state_sharding))
   if run.clients is not None:

@@ -324,3 +324,28 @@ def test_gpt2_tokenizer_on_a_dataset_that_is_not_text(tmp_path):
   config = config_lib.Config(dataset="mnist1d", tokenizer=f"gpt2:{_byte_level_folder(tmp_path / 'tok')}")
   with pytest.raises(config_lib.ConfigError, match="tokenises text datasets; --dataset=mnist1d is not text"):
     data.load(config)
+
+
+def test_init_from_a_gpt2_folder_fine_tunes_its_weights(tmp_path):
+  """--init_from=FOLDER starts a run from the checkpoint's weights (learning rate 0: one step
+  leaves them as loaded); a run whose model differs from the checkpoint's is one line."""
+  from experiments import checkpoint  # pylint: disable=g-import-not-at-top
+  folder = _byte_level_folder(tmp_path / "gpt2")  # 260 tokens
+  weights = _weights()
+  weights["wte.weight"] = np.random.default_rng(5).normal(0, 0.5, (260, WIDTH))
+  _write(folder, weights, _config(vocab_size=260))
+  text = tmp_path / "input.txt"
+  text.write_text("the theme of the thing: " * 40, encoding="utf-8")
+  args = ["--dataset=char_text", f"--text_path={text}", f"--tokenizer=gpt2:{folder}", "--model=gpt",
+          "--objective=lm", f"--gpt.num_layers={LAYERS}", f"--gpt.num_heads={HEADS}", f"--gpt.embed_dim={WIDTH}",
+          f"--gpt.max_len={POSITIONS}", "--gpt.gelu=tanh", "--block_size=16", "--batch_size=4",
+          "--eval_batch_size=4", "--eval_batches=1", "--eval_split=validation", "--sample.tokens=0", "--steps=1",
+          f"--init_from={folder}"]
+  train_in_process(*args, "--learning_rate=0", workdir=str(tmp_path / "run"))
+  saved = checkpoint.Checkpoints(tmp_path / "run" / "checkpoints").restore_raw()["params"]
+  _, loaded = gpt2.load(folder)
+  np.testing.assert_array_equal(saved["embed"]["tokens"]["embedding"], loaded["embed"]["tokens"]["embedding"])
+  np.testing.assert_array_equal(saved["block1"]["mlp"]["fc"]["kernel"], loaded["block1"]["mlp"]["fc"]["kernel"])
+  with pytest.raises(config_lib.ConfigError) as e:
+    train_in_process(*[a for a in args if a != "--gpt.gelu=tanh"], workdir=str(tmp_path / "other"))
+  assert _one_line(e) == f"--init_from={folder}: the checkpoint's gelu is tanh, the run's --gpt.gelu exact"
