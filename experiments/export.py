@@ -311,9 +311,10 @@ def _vocabulary(source: Any) -> Any:
   if tokenizer is None:
     return None
   try:
-    return [tokenizer.decode([i]) for i in range(tokenizer.size)]
+    words = [tokenizer.decode([i]) for i in range(tokenizer.size)]
   except Exception:  # pylint: disable=broad-except  (a tokenizer without per-id text)
     return None
+  return words if all(isinstance(w, str) for w in words) else None  # (not audio's mu-law levels)
 
 
 def write_saved_model(inf: Inference, variables: Any, specs: Sequence[Any], platforms: Sequence[str],
@@ -408,7 +409,29 @@ class Served:
     self.exported, self.variables, self.info = exported, variables, info
 
   def __call__(self, *inputs: Any) -> Any:
+    check_inputs(self.info, [getattr(x, "shape", ()) for x in inputs])
     return self.exported.call(self.variables, *inputs)
+
+
+def check_inputs(info: dict[str, Any], shapes: Sequence[Sequence[int]]) -> None:
+  """ValueError, in one line, where `shapes` do not fit the inputs of export.json's `info`."""
+  specs = info["inputs"]
+  if len(shapes) != len(specs):
+    raise ValueError(f"{len(shapes)} inputs given; the function takes {len(specs)}: "
+                     f"{', '.join(i['name'] for i in specs)}")
+  sizes: dict[str, int] = {}
+  for spec, shape in zip(specs, shapes):
+    want = spec["shape"]
+    fits = len(shape) == len(want)
+    for d, n in zip(want, shape) if fits else ():
+      fits = fits and (n == d if isinstance(d, int) else sizes.setdefault(d, n) == n)
+    if not fits:
+      raise ValueError(f"{spec['name']}: shape {tuple(shape)} does not fit [{', '.join(map(str, want))}]"
+                       + (f" (with {', '.join(f'{k}={v}' for k, v in sizes.items())})" if sizes else ""))
+  for constraint in info.get("constraints", ()):
+    name, bound = (p.strip() for p in constraint.split("<="))
+    if name in sizes and sizes[name] > int(bound):
+      raise ValueError(f"{name}={sizes[name]} is beyond the model's bound {constraint}")
 
 
 def load(directory: str | os.PathLike) -> Served:
