@@ -76,8 +76,8 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
                        lower_bound=0, flag_values=values)
   flags.DEFINE_list("platforms", ["cpu"], f"Platforms to lower for, any of: {', '.join(PLATFORMS)}.",
                     flag_values=values)
-  flags.DEFINE_enum("saved_model", "auto", SAVED_MODEL_CHOICES, "Also write a TensorFlow SavedModel: on, off, or "
-                    "auto (where TensorFlow is installed).", flag_values=values)
+  flags.DEFINE_enum("saved_model", "auto", SAVED_MODEL_CHOICES, "Also write a TensorFlow SavedModel (auto: where TensorFlow is "
+                    "installed).", flag_values=values)
   flags.DEFINE_boolean("overwrite", False, "Replace what an earlier export wrote into --out.", flag_values=values)
 
 

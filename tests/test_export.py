@@ -30,17 +30,23 @@ def cnn_run(tmp_path_factory):
   return str(workdir)
 
 
-def _reference(workdir, *inputs):
+class Reference:
   """The model's own evaluation-mode apply on the restored checkpoint."""
-  r = build.restore(workdir)
-  return np.asarray(r.model.apply({"params": r.params, **r.model_state}, *inputs, train=False))
+
+  def __init__(self, workdir):
+    self.restored = build.restore(workdir)
+
+  def __call__(self, *inputs):
+    r = self.restored
+    return np.asarray(r.model.apply({"params": r.params, **r.model_state}, *inputs, train=False))
 
 
-def _saved_model_output(directory, info, *inputs):
+def _saved_model(directory, info):
+  """The SavedModel's serving signature, as a function of the inputs (numpy arrays)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   serve = tf.saved_model.load(os.path.join(directory, "saved_model")).signatures["serving_default"]
-  named = {i["name"]: tf.constant(x) for i, x in zip(info["inputs"], inputs)}
-  return serve(**named)[info["output"]["name"]].numpy()
+  return lambda *inputs: serve(**{i["name"]: tf.constant(x) for i, x in zip(info["inputs"], inputs)})[
+      info["output"]["name"]].numpy()
 
 
 # A program that reloads the export with jax, flax and numpy only, and shows that it imported
@@ -66,18 +72,16 @@ def test_a_batch_norm_cnn_exports_with_a_symbolic_batch_and_reloads_anywhere(cnn
   assert (info["model"], info["dataset"], info["step"], info["platforms"]) == ("cnn", "mnist1d", 3, ["cpu"])
   assert info["variables"] == ["batch_stats", "params"]
 
-  served = ex.load(out)
-  restored = build.restore(cnn_run)
-  stats = jax.tree.leaves(restored.model_state["batch_stats"])
-  for got, want in zip(jax.tree.leaves(served.variables["batch_stats"]), stats):
-    np.testing.assert_array_equal(got, want)
-  assert any(np.abs(np.asarray(s)).max() > 1e-3 for s in stats)  # trained: not the initial zeros and ones... (means)
+  served, reference, saved_model = ex.load(out), Reference(cnn_run), _saved_model(out, info)
+  stats = reference.restored.model_state["batch_stats"]
+  jax.tree.map(np.testing.assert_array_equal, served.variables["batch_stats"], stats)
+  assert all(np.abs(layer["mean"]).max() > 1e-3 for layer in stats.values())  # trained statistics, not zeros
   rng = np.random.default_rng(0)
   for batch in (3, 7):  # one program for every batch size
     x = rng.standard_normal((batch, 40)).astype(np.float32)
-    want = _reference(cnn_run, x)
+    want = reference(x)
     np.testing.assert_allclose(np.asarray(served(x)), want, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(_saved_model_output(out, info, x), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(saved_model(x), want, rtol=0, atol=1e-5)
 
   # Without this project: a fresh interpreter with jax and flax only.
   x = rng.standard_normal((5, 40)).astype(np.float32)
@@ -85,7 +89,7 @@ def test_a_batch_norm_cnn_exports_with_a_symbolic_batch_and_reloads_anywhere(cnn
   proc = subprocess.run([sys.executable, "-c", FRESH, str(out)], capture_output=True, text=True, timeout=120,
                         cwd=str(tmp_path), env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
   assert proc.returncode == 0, proc.stderr[-2000:]
-  np.testing.assert_allclose(np.load(out / "y.npy"), _reference(cnn_run, x), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(np.load(out / "y.npy"), reference(x), rtol=0, atol=1e-5)
 
   # An existing export is replaced only when asked.
   with pytest.raises(ConfigError, match=re.escape(f"--out={out} is not empty; name a new directory, or pass "
@@ -95,7 +99,7 @@ def test_a_batch_norm_cnn_exports_with_a_symbolic_batch_and_reloads_anywhere(cnn
   assert again["inputs"][0]["shape"] == [2, 40] and sorted(os.listdir(out)) == [
       "export.json", "model.jax_exported", "params.msgpack", "x.npy", "y.npy"]
   fixed = ex.load(out)
-  np.testing.assert_allclose(np.asarray(fixed(x[:2])), _reference(cnn_run, x[:2]), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(fixed(x[:2])), reference(x[:2]), rtol=0, atol=1e-5)
   with pytest.raises(ValueError, match=re.escape("x: shape (3, 40) does not fit [2, 40]")):
     fixed(x[:3])
 
@@ -111,14 +115,14 @@ def test_a_language_model_exports_with_symbolic_batch_and_length(tmp_path):
   assert info["inputs"] == [{"name": "tokens", "shape": ["b", "t"], "dtype": "int32"}]
   assert info["output"] == {"name": "logits", "shape": ["b", "t", 65], "dtype": "float32"}
   assert info["constraints"] == ["t <= 16"] and len(info["vocabulary"]) == 65
-  served = ex.load(out)
+  served, reference, saved_model = ex.load(out), Reference(str(workdir)), _saved_model(out, info)
   rng = np.random.default_rng(0)
   for shape in ((3, 16), (7, 5)):  # batch and length both chosen at call time
     tokens = rng.integers(0, 65, shape).astype(np.int32)
-    want = _reference(str(workdir), tokens)
+    want = reference(tokens)
     np.testing.assert_allclose(np.asarray(served(tokens)), want, rtol=0, atol=1e-5)
     # (the exact GELU's erf: serialised for TensorFlow's older StableHLO, experiments/export.py)
-    np.testing.assert_allclose(_saved_model_output(out, info, tokens), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(saved_model(tokens), want, rtol=0, atol=1e-5)
   with pytest.raises(ValueError, match=re.escape("t=17 is beyond the model's bound t <= 16")):  # its positions
     served(np.zeros((1, 17), np.int32))
 
