@@ -98,10 +98,19 @@ class Inference(NamedTuple):
   output: str
   description: str
   constraints: tuple[str, ...] = ()  # symbolic dimensions' bounds, e.g. "t <= 64"
+  lengths: dict[str, int] | None = None  # each symbolic length's size where a program needs fixed ones
+
+  def fixed(self) -> Inference:
+    """The same with the token lengths fixed (those of the run's training examples)."""
+    lengths = self.lengths or {}
+    inputs = tuple(i._replace(shape=tuple(lengths.get(d, d) if isinstance(d, str) else d for d in i.shape))
+                   for i in self.inputs)
+    return self._replace(inputs=inputs, constraints=(), lengths=None)
 
 
 def _tokens(model: Any, dim: str) -> tuple[tuple[Any, ...], tuple[str, ...]]:
-  """The per-example shape of a token sequence of symbolic length `dim`, and its bound."""
+  """The per-example shape of a token sequence of symbolic length `dim`, and its bound (the
+  model's `max_len`, where it has one)."""
   max_len = int(getattr(model, "max_len", 0) or 0)
   return (dim,), ((f"{dim} <= {max_len}",) if max_len else ())
 
@@ -132,13 +141,14 @@ def inference(restored: Any, call: Callable[..., Any]) -> Inference:
     shape, bounds = _tokens(model, "t")
     what = ("the logits of the next token after each position" if kind == "lm" else
             "each position's token logits (masked positions hold the mask token)")
-    return Inference(forward, (Input("tokens", shape, "int32"),), "logits", what, bounds)
+    return Inference(forward, (Input("tokens", shape, "int32"),), "logits", what, bounds, {"t": x.shape[1]})
   if kind == "seq2seq":
     source, source_bounds = _tokens(model, "s")
     target, target_bounds = _tokens(model, "t")
     return Inference(forward, (Input("source", source, "int32"), Input("target_in", target, "int32")), "logits",
                      f"the logits of each target token given the source and the target so far (target_in: "
-                     f"bos_id={objective.bos_id} then the target shifted right)", source_bounds + target_bounds)
+                     f"bos_id={objective.bos_id} then the target shifted right)", source_bounds + target_bounds,
+                     {"s": x.shape[1], "t": example["y"].shape[1]})
   if kind in ("reconstruction", "elbo"):
     def reconstruct(variables, x):
       return objective.reconstruct(bound(variables), x, jax.random.key(0))
@@ -245,15 +255,20 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
   inf = inference(restored, call)
   variables = jax.device_get({"params": restored.params, **restored.model_state})
   variables = jax.tree.map(np.asarray, flax.core.unfreeze(variables))
-  specs = _symbolic_specs(inf, batch_size)
   like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+  note = None
   try:
+    specs = _symbolic_specs(inf, batch_size)
     exported = jax.export.export(jax.jit(inf.fn), platforms=platforms)(like, *specs)
-  except Exception as e:  # pylint: disable=broad-except  (a model whose program depends on the batch size)
-    if not batch_size and "symbolic" in str(e).lower():
-      raise ConfigError(f"--model={config.model}: its program needs fixed sizes ({' '.join(str(e).split())[:300]}); "
-                        "pass --batch_size=N") from None
-    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not inf.lengths:
+      raise
+    # A program that needs its token lengths (e.g. sparse attention's block masks, made with
+    # numpy): the run's lengths, fixed.
+    note = f"token lengths fixed: the program needs them ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    inf = inf.fixed()
+    specs = _symbolic_specs(inf, batch_size)
+    exported = jax.export.export(jax.jit(inf.fn), platforms=platforms)(like, *specs)
   export_s = time.perf_counter() - start
 
   os.makedirs(out, exist_ok=True)
@@ -284,6 +299,8 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
                f"{inf.output} = exported.call(variables, {', '.join(i.name for i in inf.inputs)})"),
       "files": [EXPORTED, PARAMS, INFO], "export_s": round(export_s, 3),
   }
+  if note:
+    info["note"] = note
   if saved_model == "on" or (saved_model == "auto" and _has_tensorflow()):
     start = time.perf_counter()
     write_saved_model(inf, variables, specs, platforms, os.path.join(out, SAVED_MODEL))

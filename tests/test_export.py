@@ -127,6 +127,21 @@ def test_a_language_model_exports_with_symbolic_batch_and_length(tmp_path):
     served(np.zeros((1, 17), np.int32))
 
 
+@pytest.mark.skipif(not os.path.isfile(char_text.DEFAULT_TEXT_PATH), reason="needs the shared Tiny Shakespeare file")
+def test_a_program_that_needs_its_token_lengths_exports_them_fixed(tmp_path):
+  workdir = tmp_path / "sparse"  # strided sparse attention: block masks made with numpy from the length
+  train_in_process("--flagfile=experiments/flags/shakespeare_char_gpt_cpu.flags", "--gpt.num_layers=1",
+                   "--gpt.embed_dim=16", "--gpt.num_heads=2", "--gpt.attention=strided", "--gpt.sparse_block=4",
+                   "--block_size=16", "--batch_size=2", "--eval_batch_size=2", "--eval_batches=1", "--sample.tokens=0",
+                   *TINY, workdir=workdir)
+  info = ex.export(str(workdir), str(tmp_path / "export"), saved_model="off")
+  assert info["inputs"] == [{"name": "tokens", "shape": ["b", 16], "dtype": "int32"}] and not info["constraints"]
+  assert info["note"].startswith("token lengths fixed: the program needs them")
+  tokens = np.random.default_rng(0).integers(0, 65, (5, 16)).astype(np.int32)
+  np.testing.assert_allclose(np.asarray(ex.load(tmp_path / "export")(tokens)), Reference(str(workdir))(tokens),
+                             rtol=0, atol=1e-5)
+
+
 def test_bad_input_is_one_line_before_any_compute(cnn_run, tmp_path, monkeypatch):
   out = str(tmp_path / "out")
   missing = str(tmp_path / "missing")
