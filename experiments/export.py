@@ -19,8 +19,9 @@ into `--out`:
 
 The batch size is symbolic (`--batch_size=0`, any batch at call time) or fixed
 (`--batch_size=N`); token sequences also have a symbolic length (`t`, and `s` for a
-sequence-to-sequence model's source), at most the model's `max_len` where it has one. What is
-exported, per objective (`INFERENCE`):
+sequence-to-sequence model's source), at most the model's `max_len` where it has one; a
+program that needs its lengths (sparse attention's block masks) gets the run's, fixed, and
+export.json's `note` says so. What is exported, per objective (`INFERENCE`):
 - classification: `x` -> `logits`; regression: `x` -> `predictions`;
 - lm (GPT, RNN LM, WaveNet), mlm (BERT): `tokens` [b, t] -> `logits` [b, t, vocabulary]:
   the next-token logits after each position (BERT's: each position's own, the mask token
@@ -36,12 +37,16 @@ exported, per objective (`INFERENCE`):
   `eps`, the denoiser's predicted noise: one step of a sampler, which the caller runs with
   the schedule in export.json (`objective_hparams`); images are diffused in [-1, 1].
 
-Load it back with `load(DIR)` below (jax and flax only), or as the notes show.
+Load it back with `load(DIR)` below (jax and flax only: `jax.export.deserialize`, then
+`exported.call(flax.serialization.msgpack_restore(...), *inputs)`, as export.json's `call`
+says), or the SavedModel with `tf.saved_model.load`; `_stablehlo_readable_by_tensorflow`
+says how the SavedModel's program is made readable by TensorFlow's older StableHLO.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -243,6 +248,7 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import nets  # pylint: disable=g-import-not-at-top
   from experiments import build  # pylint: disable=g-import-not-at-top
 
   platforms = [p.strip() for p in platforms if p.strip()]
@@ -291,8 +297,9 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
                  "dtype": str(exported.out_avals[0].dtype)},
       "constraints": list(inf.constraints), "computes": inf.description, "platforms": list(exported.platforms),
       "variables": sorted(variables), "num_params": int(sum(np.size(x) for x in jax.tree.leaves(variables["params"]))),
-      "dtype": config.dtype, "model_hparams": _plain(config.model_hparams),
-      "objective_hparams": _plain(config.objective_hparams),
+      "dtype": config.dtype,  # (of the computation: parameters, inputs and outputs are as listed)
+      "model_hparams": _plain({f: getattr(restored.model, f) for f in nets.hparams(config.model)}),
+      "objective_hparams": _plain(dataclasses.asdict(restored.objective)),
       "vocabulary": _vocabulary(restored.source),
       "call": (f"exported = jax.export.deserialize(open('{EXPORTED}', 'rb').read()); variables = "
                f"flax.serialization.msgpack_restore(open('{PARAMS}', 'rb').read()); "
