@@ -81,8 +81,8 @@ def define_flags(values: flags.FlagValues = FLAGS) -> None:
                        lower_bound=0, flag_values=values)
   flags.DEFINE_list("platforms", ["cpu"], f"Platforms to lower for, any of: {', '.join(PLATFORMS)}.",
                     flag_values=values)
-  flags.DEFINE_enum("saved_model", "auto", SAVED_MODEL_CHOICES, "Also write a TensorFlow SavedModel (auto: where TensorFlow is "
-                    "installed).", flag_values=values)
+  flags.DEFINE_enum("saved_model", "auto", SAVED_MODEL_CHOICES,
+                    "Also write a TensorFlow SavedModel (auto: where TensorFlow is installed).", flag_values=values)
   flags.DEFINE_boolean("overwrite", False, "Replace what an earlier export wrote into --out.", flag_values=values)
 
 
@@ -155,8 +155,8 @@ def inference(restored: Any, call: Callable[..., Any]) -> Inference:
                      f"bos_id={objective.bos_id} then the target shifted right)", source_bounds + target_bounds,
                      {"s": x.shape[1], "t": example["y"].shape[1]})
   if kind in ("reconstruction", "elbo"):
-    def reconstruct(variables, x):
-      return objective.reconstruct(bound(variables), x, jax.random.key(0))
+    def reconstruct(variables, inputs):
+      return objective.reconstruct(bound(variables), inputs, jax.random.key(0))
     return Inference(reconstruct, (Input("x", data[0], "float32"),), "reconstruction",
                      "the reconstruction of x in data space" + (" (decoding the mean of q(z|x))" if kind == "elbo"
                                                                  else ""))
@@ -290,8 +290,8 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
     f.write(flax.serialization.msgpack_serialize(variables))
 
   info = {
-      "model": config.model, "objective": config.objective, "dataset": config.dataset, "workdir": os.path.abspath(workdir),
-      "step": chosen,
+      "model": config.model, "objective": config.objective, "dataset": config.dataset,
+      "workdir": os.path.abspath(workdir), "step": chosen,
       "inputs": [{"name": i.name, "shape": _describe(s.shape), "dtype": i.dtype} for i, s in zip(inf.inputs, specs)],
       "output": {"name": inf.output, "shape": _describe(exported.out_avals[0].shape),
                  "dtype": str(exported.out_avals[0].dtype)},

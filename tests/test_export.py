@@ -149,7 +149,8 @@ def test_bad_input_is_one_line_before_any_compute(cnn_run, tmp_path, monkeypatch
       ((missing, out), {}, f"--workdir={missing}: no such directory"),
       ((str(tmp_path), out), {}, f"--workdir={tmp_path}: no run there (no flags.flags)"),
       ((cnn_run, out), {"step": 99}, "--step=99: no checkpoint of that step in "),
-      ((cnn_run, out), {"platforms": ["cpu", "gpu"]}, "--platforms=cpu,gpu: choose one or more of cpu, cuda, rocm, tpu"),
+      ((cnn_run, out), {"platforms": ["cpu", "gpu"]},
+       "--platforms=cpu,gpu: choose one or more of cpu, cuda, rocm, tpu"),
   ]
   for args, kwargs, message in cases:
     with pytest.raises(ConfigError, match=re.escape(message)):
