@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -163,10 +163,11 @@ def merge(fresh: Any, loaded: dict[str, Any], reinit: list[str], what: str) -> t
   return jax.tree_util.tree_unflatten(treedef, [new[p] for p in leaves]), unused
 
 
-def initialise(config: Config, state: Any, model: Any, tx: optax.GradientTransformation, sharding: Any,
-               log: Callable[[str], None]) -> Any:
+def initialise(config: Config, state: Any, model: Any, tx: optax.GradientTransformation,
+               sharding: Any) -> tuple[Any, str]:
   """The new run's first state: `state` (freshly initialised) with --init_from's parameters
-  and model variables, the optimizer state and moving average started from them."""
+  and model variables, the optimizer state and moving average started from them; and a line
+  for the log saying what was loaded."""
   params, model_state, what = load(config, model)
   reinit = split_paths(config.reinit)
   new_params, unused = merge(state.params, params, reinit, what)
@@ -178,8 +179,7 @@ def initialise(config: Config, state: Any, model: Any, tx: optax.GradientTransfo
                          ema_params=None if state.ema_params is None else jax.tree.map(lambda x: x, params))
 
   new = jax.jit(start, out_shardings=sharding)(new_params, new_state_vars)
-  log(f"Initialised from {what}" + (f"; afresh: {', '.join(reinit)}" if reinit else "")
-      + (f"; frozen: {config.freeze}" if config.freeze else "")
-      + (f"; not used: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}" if unused else ""))
-  return new
+  return new, (f"Initialised from {what}" + (f"; afresh: {', '.join(reinit)}" if reinit else "")
+               + (f"; frozen: {config.freeze}" if config.freeze else "")
+               + (f"; not used: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}" if unused else ""))
 

@@ -414,6 +414,9 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     restored, start_step = ckpts.restore_intact(state)
     if restored is not None:
       state = restored
+  initialised = ""
+  if latest is None and config.init_from:  # fine-tuning: a fresh run from another's parameters
+    state, initialised = finetune.initialise(config, state, built.model, built.tx, run.state_sharding)
   _write_flagfile(config, workdir, start_step, changed)  # only once the input is known to be valid
   # The checkpoint of the best validation value, and early stopping (a resumed run counts the
   # evaluations since its best again, from the steps).
@@ -434,8 +437,8 @@ def _train(config: Config, workdir: epath.Path, signals: _Signals, start_time: f
     log.info(f"Resumed from the checkpoint at step {start_step} in {ckpts.directory}"
              + (f" with changed flags: {'; '.join(changed)}" if changed else ""))
   log.info(f"{config.model}: {num_params:,} parameters; {config.dataset}; {par.describe()}; workdir {workdir}")
-  if latest is None and config.init_from:  # fine-tuning: a fresh run from another's parameters
-    state = finetune.initialise(config, state, built.model, built.tx, run.state_sharding, log.info)
+  if initialised:
+    log.info(initialised)
   if par.sizes["fsdp"] > 1:
     log.info(par.describe_sharding(state, run.state_sharding))
   if run.clients is not None:
