@@ -143,6 +143,10 @@ def bench(config: config_lib.Config, steps: int = 50, warmup: int = 3, matmul_si
       "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "host_memory_kept": host_memory.applied(),
       "huge_pages": host_memory.huge_pages(),
+      "grad_accum_steps": config.grad_accum_steps,
+      # XLA's temporaries of a dispatch (activations, gradients...), beyond its arguments and outputs
+      "step_temp_mb": (dispatcher.executable(k).memory_analysis().temp_size_in_bytes / 2**20
+                       if config.parallel.mode == "jit" else None),
   }
   result["fraction_of_peak"] = result["gflops_per_s"] / peak if flops else None
   products_rate = products / median_step / 1e9

@@ -35,7 +35,9 @@ at least 3 dispatches) three ways. It prints a summary and, last, one JSON line 
   `matmul_fraction_of_peak` (MFU against the measured peak);
 - `peak_host_memory_mb`: the process's peak resident memory; `host_memory_kept` and
   `huge_pages`: whether freed blocks of every size stayed in the heap and whether glibc
-  mapped its memory in transparent huge pages (`experiments/runtime/host_memory.py`).
+  mapped its memory in transparent huge pages (`experiments/runtime/host_memory.py`);
+- `step_temp_mb`: XLA's temporaries of one dispatch of steps (activations, gradients...:
+  what `--grad_accum_steps` shrinks), beyond its arguments and outputs (jit only).
 With `--bench.profile_dir=DIR` the steps timed on device-held inputs are traced with
 `jax.profiler` into DIR (open it with TensorBoard's profile plugin or Perfetto).
 """
@@ -93,6 +95,9 @@ def main() -> None:
           f"{r['peak_matmul_gflops_per_s']:.1f} GFLOP/s measured here")
   print(f"peak host memory {r['peak_host_memory_mb']:.0f} MB (freed blocks of every size kept: "
         f"{'yes' if r['host_memory_kept'] else 'no'}; huge pages: {'yes' if r['huge_pages'] else 'no'})")
+  if r["step_temp_mb"] is not None:
+    print(f"temporaries of a dispatch: {r['step_temp_mb']:.1f} MB (gradient accumulation: {r['grad_accum_steps']} "
+          "micro-batch(es) per step)")
   print(json.dumps(r))
 
 
