@@ -15,6 +15,7 @@ report the test split with that one.
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from experiments import runtime
 
@@ -51,9 +52,11 @@ def _numbers(values: list[str], flag: str, kind: type, least: float) -> list:
 
 
 def exact_match(workdir: str, steps: list[int | None], split: str, beam_sizes: list[int],
-                length_penalties: list[float], batch_size: int = 500) -> list[dict]:
-  """Rows {step, decoder, beam_size, length_penalty, exact_match, examples, seconds}: the
-  share of `split` that each decoder translates exactly, at each checkpoint step."""
+                length_penalties: list[float], batch_size: int = 500,
+                report: Callable[[dict], None] = lambda row: None) -> list[dict]:
+  """Rows {step, split, decoder, beam_size, length_penalty, exact_match, examples, seconds}:
+  the share of `split` that each decoder translates exactly, at each checkpoint step; each
+  row is also passed to `report` as it is measured."""
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -96,6 +99,7 @@ def exact_match(workdir: str, steps: list[int | None], split: str, beam_sizes: l
                    "decoder": "greedy" if k == 1 else f"beam {k}, length penalty {alpha:g}", "beam_size": k,
                    "length_penalty": alpha, "exact_match": right / len(examples["x"]),
                    "examples": len(examples["x"]), "seconds": round(time.perf_counter() - start, 2)})
+      report(rows[-1])
   return rows
 
 
@@ -103,11 +107,11 @@ def main() -> None:
   steps = _numbers(FLAGS.steps, "steps", int, 0) or [None]
   beam_sizes = _numbers(FLAGS.beam_sizes, "beam_sizes", int, 1)
   penalties = _numbers(FLAGS.length_penalties, "length_penalties", float, -1e6)
-  rows = exact_match(FLAGS.workdir, steps, FLAGS.split, beam_sizes, penalties, FLAGS.batch_size)
-  print(f"{FLAGS.workdir}, split {rows[0]['split']} ({rows[0]['examples']} examples); seconds include compiling\n")
-  print("| step | decoder | exact match | seconds |\n|---:|---|---:|---:|")
-  for r in rows:
-    print(f"| {r['step']} | {r['decoder']} | {r['exact_match']:.4f} | {r['seconds']:.1f} |")
+  print(f"{FLAGS.workdir}, split {FLAGS.split or 'of the run (--eval_split)'}; seconds include compiling\n")
+  print("| step | decoder | exact match | seconds |\n|---:|---|---:|---:|", flush=True)
+  row = lambda r: print(f"| {r['step']} | {r['decoder']} | {r['exact_match']:.4f} ({r['examples']} examples) | "
+                        f"{r['seconds']:.1f} |", flush=True)
+  rows = exact_match(FLAGS.workdir, steps, FLAGS.split, beam_sizes, penalties, FLAGS.batch_size, row)
   print(json.dumps(rows))
 
 
