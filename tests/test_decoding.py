@@ -264,3 +264,20 @@ def test_sample_options_are_checked_before_loading(options, match, tmp_path):
   from experiments import sample  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError, match=match):
     sample.generate(str(tmp_path / "absent"), "a", 5, 0.8, 40, 0, **options)
+
+
+def test_exact_match_bench_counts_greedy_as_the_trainer_does(tmp_path, tfds_dir):
+  """experiments.bench.beams on a 2-step run: its greedy row is the trainer's exact_match."""
+  from conftest import train_in_process  # pylint: disable=g-import-not-at-top
+  from experiments.bench import beams  # pylint: disable=g-import-not-at-top
+  summary = train_in_process(
+      "--flagfile=experiments/flags/numbers_to_words_transformer.flags", "--train_split=train[:500]",
+      "--eval_split=test[:50]", "--steps=2", "--warmup_steps=1", "--log_every=1", "--eval_every=0",
+      "--checkpoint_every=2", "--eval_batch_size=50", "--encoder_decoder.num_layers=1",
+      "--encoder_decoder.num_decoder_layers=1", "--encoder_decoder.embed_dim=16", workdir=tmp_path)
+  rows = beams.exact_match(str(tmp_path), [None], "", [1, 2], [1.0], batch_size=50)
+  assert [(r["step"], r["decoder"], r["examples"]) for r in rows] == [
+      (2, "greedy", 50), (2, "beam 2, length penalty 1", 50)]
+  assert rows[0]["exact_match"] == pytest.approx(summary["eval/exact_match"])
+  with pytest.raises(ConfigError, match="--split"):
+    beams.exact_match(str(tmp_path), [None], "dev", [1], [1.0])

@@ -81,8 +81,11 @@ def exact_match(workdir: str, steps: list[int | None], split: str, beam_sizes: l
     run = build.restore(workdir, step)
     if examples is None:
       split = split or run.config.eval_split
-      if split not in run.source.builder.info.splits:
-        raise ConfigError(f"--split={split}: {config.dataset} has splits {', '.join(run.source.builder.info.splits)}")
+      try:
+        run.source.builder.info.splits[split]  # (a slice such as test[:100] is a split too)
+      except (KeyError, ValueError):
+        raise ConfigError(f"--split={split}: {config.dataset} has splits "
+                          f"{', '.join(run.source.builder.info.splits)}") from None
       examples = data.read_split(run.source.builder, split)
     model, objective, params = run.model, run.objective, run.params
     length = examples["y"].shape[1]
