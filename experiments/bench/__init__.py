@@ -1,7 +1,8 @@
 """Benchmarks: the training step of any flag file (`python -m experiments.bench`, this
 package's `bench()`), attention (`experiments.bench.attention`), a table of results
-(`experiments.bench.table`), and how precise a language model's loss estimate is
-(`experiments.bench.eval_spread`). docs/benchmarks.md says how they are used and what they
+(`experiments.bench.table`), how precise a language model's loss estimate is
+(`experiments.bench.eval_spread`), and greedy decoding against beam search in exact match
+(`experiments.bench.beams`). docs/benchmarks.md says how they are used and what they
 measured."""
 
 from __future__ import annotations
