@@ -3,7 +3,7 @@
     python -m experiments.sample --workdir=RUN --prompt="ROMEO:" --num_tokens=500 \\
         --temperature=0.8 --top_k=40 --seed=0 [--top_p=0.9] [--min_p=0.05] [--repetition_penalty=1.2]
     python -m experiments.sample --workdir=RUN --prompt="ROMEO:" --num_tokens=100 --beam_size=4 \\
-        [--length_penalty=1.0] [--eos="\\n"]
+        [--length_penalty=1.0] [--eos=$'\\n']
 
 A language model (`--objective=lm`: gpt, rnn_lm) continues the prompt, sampling each token
 (`--temperature=0`: greedy) after the repetition penalty, top-k, nucleus (top-p) and min-p
