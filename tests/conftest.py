@@ -72,7 +72,8 @@ def train_in_process(*args: str, workdir: str) -> dict:
 LONGEST_FIRST = ("test_flower.py::", "test_parallel.py::", "test_multihost.py::test_processes_meshes_and_checkpoints_agree",
                  "test_language_modelling.py::test_gpt_run_writes_samples", "test_resume.py::test_killed", "test_search.py::test_killed", "test_search.py::test_two_workers",
                  "test_generative_spine.py::test_sample_quality", "test_generative_spine.py::test_each_player",
-                 "test_explain.py::test_explain_a_language_model")
+                 "test_explain.py::test_explain_a_language_model", "test_decoding.py::test_exact_match_bench",
+                 "test_export.py::test_a_language_model", "test_gpt2.py::test_text_dataset_with_gpt2_tokenizer")
 
 
 def pytest_collection_modifyitems(items):
