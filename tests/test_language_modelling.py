@@ -110,5 +110,9 @@ def test_gpt_run_writes_samples_and_the_cli_samples_from_it(tmp_path):
   assert sample.generate(str(tmp_path), "ROMEO:", 50, 0.8, 40, seed=1) == text
   with pytest.raises(ConfigError, match="--prompt"):
     sample.generate(str(tmp_path), "ROMEO: \u00e9", 5, 0.8, 40, seed=1)
+  # beam search: every hypothesis runs the tokens asked for, or ends at the first --eos
+  assert len(sample.generate(str(tmp_path), "ROMEO:", 12, 0.0, 0, seed=0, beam_size=2)) == len("ROMEO:") + 12
+  ended = sample.generate(str(tmp_path), "ROMEO:", 12, 0.0, 0, seed=0, beam_size=2, eos="\n")[len("ROMEO:"):]
+  assert 1 <= len(ended) <= 12 and "\n" not in ended[:-1] and (ended.endswith("\n") or len(ended) == 12)
   spread = run_cli(f"--workdir={tmp_path}", "--windows=8", "--draws=3", module="experiments.bench.eval_spread")
   assert "24 windows of 64: mean loss" in spread.stdout and "8-window estimates: std" in spread.stdout
