@@ -6,8 +6,8 @@ The run's own flags (RUN/flags.flags) rebuild its model, objective and data; the
 checkpoint (or step N's) is read, never written or moved, and the parameters' moving
 average is used where the run kept one, as its own evaluations do. The metrics are printed
 and appended to RUN/evaluations.jsonl (or written to --out). `--split`: the run's test split
-(--eval_split, the default), `validation` (its --validation_fraction), `train` (the examples
-it trained on) or any TFDS split or slice of the dataset (`test[:50%]`). Text and audio
+(--eval_split, the default), `validation` (its --validation_fraction; without one, the
+dataset's split of that name), `train` (the examples it trained on) or any TFDS split or slice of the dataset (`test[:50%]`). Text and audio
 datasets are evaluated on random windows as in training (`--eval_batches` of them, default
 the run's --final_eval_batches or --eval_batches).
 """
@@ -52,9 +52,7 @@ def _resolve(config: config_lib.Config, split: str) -> tuple[str, str]:
     if not config.eval_split:
       raise ConfigError("--split: the run has no test split (--eval_split was empty); name a split")
     return config.eval_split, "eval"
-  if split == "validation":
-    if config.validation_split is None:
-      raise ConfigError("--split=validation: the run has no validation split (--validation_fraction=0)")
+  if split == "validation" and config.validation_split is not None:  # (else the dataset's own, if it has one)
     return config.validation_split, "val"
   if split == "train":
     return config.fit_split, "fit"
