@@ -188,16 +188,15 @@ def restore(workdir: str | os.PathLike, step: int | None = None, config: Config 
   read another split; it must build the same model."""
   runtime.prepare_process()
   config = config or config_lib.from_workdir(workdir)
-  ckpts = checkpoint.Checkpoints(epath.Path(workdir) / "checkpoints")
-  if ckpts.latest_step() is None:
-    ckpts.close()
-    raise ConfigError(f"no checkpoint in {ckpts.directory}")
-  if step is not None and step not in ckpts.manager.all_steps():
-    ckpts.close()
-    raise ConfigError(f"--step={step}: no checkpoint of that step in {ckpts.directory} (saved: "
-                      f"{', '.join(map(str, ckpts.manager.all_steps()))})")
+  directory = epath.Path(workdir) / "checkpoints"
+  saved = checkpoint.saved_steps(directory)
+  if not saved:
+    raise ConfigError(f"no checkpoint in {directory}")
+  if step is not None and step not in saved:
+    raise ConfigError(f"--step={step}: no checkpoint of that step in {directory} (saved: {', '.join(map(str, saved))})")
   source = data.load(config)
   built = build(config, source)
+  ckpts = checkpoint.Checkpoints(directory)
   like = jax.eval_shape(lambda: init_state(built.model, built.tx, source.example, jax.random.key(0),
                                            ema=bool(config.ema_decay), scaffold_clients=scaffold_clients(config)))
   if step is None:  # the newest that can be read (a training run moves unreadable ones aside; this does not)

@@ -68,6 +68,13 @@ def _reason(e: BaseException) -> str:
 _quiet_abandoned_saves()
 
 
+def saved_steps(directory: str | epath.PathLike) -> list[int]:
+  """The steps of the checkpoints in `directory` (its numbered folders), in order; none if it
+  does not exist. Read from the listing alone: nothing is opened."""
+  directory = epath.Path(directory)
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
 class Checkpoints:
   """A workdir's checkpoints (module docstring)."""
 

@@ -201,11 +201,10 @@ def _describe(shape: Sequence[Any]) -> list[Any]:
 
 
 def _check(workdir: str, out: str, step: int | None, platforms: Sequence[str], saved_model: str,
-           overwrite: bool) -> tuple[Any, int]:
-  """Bad input as one line, before anything is restored; returns the run's config and the
-  checkpoint's step (`step`, or the latest)."""
+           overwrite: bool) -> Any:
+  """Bad input as one line, before anything is restored; returns the run's config."""
   from etils import epath  # pylint: disable=g-import-not-at-top
-  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  from experiments import checkpoint, config as config_lib  # pylint: disable=g-import-not-at-top
 
   unknown = [p for p in platforms if p not in PLATFORMS]
   if unknown or not platforms:
@@ -228,13 +227,13 @@ def _check(workdir: str, out: str, step: int | None, platforms: Sequence[str], s
     raise ConfigError(f"--objective={config.objective}: no inference function to export; exportable: "
                       f"{', '.join(INFERENCE)}")
   directory = epath.Path(workdir) / "checkpoints"
-  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+  steps = checkpoint.saved_steps(directory)
   if not steps:
     raise ConfigError(f"--workdir={workdir}: no checkpoint in {directory}")
   if step is not None and step not in steps:
     raise ConfigError(f"--step={step}: no checkpoint of that step in {directory}; there are: "
                       f"{', '.join(map(str, steps))}")
-  return config, steps[-1] if step is None else step
+  return config
 
 
 def _has_tensorflow() -> bool:
@@ -252,7 +251,7 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
   from experiments import build  # pylint: disable=g-import-not-at-top
 
   platforms = [p.strip() for p in platforms if p.strip()]
-  config, chosen = _check(workdir, out, step, platforms, saved_model, overwrite)
+  config = _check(workdir, out, step, platforms, saved_model, overwrite)
   start = time.perf_counter()
   restored = build.restore(workdir, step)
   # The run's mixed precision, without the CPU's rewrites (the same values, for fast training
@@ -291,7 +290,7 @@ def export(workdir: str, out: str, step: int | None = None, batch_size: int = 0,
 
   info = {
       "model": config.model, "objective": config.objective, "dataset": config.dataset,
-      "workdir": os.path.abspath(workdir), "step": chosen,
+      "workdir": os.path.abspath(workdir), "step": restored.step,
       "inputs": [{"name": i.name, "shape": _describe(s.shape), "dtype": i.dtype} for i, s in zip(inf.inputs, specs)],
       "output": {"name": inf.output, "shape": _describe(exported.out_avals[0].shape),
                  "dtype": str(exported.out_avals[0].dtype)},

@@ -106,7 +106,7 @@ def check(config: Config) -> None:
       raise ConfigError(f"{flag} is a GPT-2 checkpoint: it loads into --model=gpt, not --model={config.model}")
     return
   ckpts = folder / "checkpoints"
-  saved = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() else []
+  saved = checkpoint.saved_steps(ckpts)
   if not (folder / "flags.flags").exists() or not saved:
     raise ConfigError(f"{flag}: {folder} is neither a run with a checkpoint (flags.flags and checkpoints/) nor a "
                       "Hugging Face GPT-2 folder (config.json and model.safetensors)")

@@ -338,9 +338,7 @@ def _finite(state: TrainState) -> jax.Array:
 
 def _saved_config(workdir: epath.Path) -> Config | None:
   """The config of the run a workdir holds (its flags.flags), if it holds a checkpoint."""
-  if not (workdir / "flags.flags").exists() or not (workdir / "checkpoints").exists():
-    return None
-  if not any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
+  if not (workdir / "flags.flags").exists() or not checkpoint.saved_steps(workdir / "checkpoints"):
     return None
   return config_lib.from_workdir(workdir)
 
